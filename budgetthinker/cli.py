@@ -1,0 +1,156 @@
+"""`budgetthinker` command line: one entry point, one subcommand per job.
+
+Every mistake a user can make surfaces as a `UserError`: printed as one line on stderr (no
+traceback), exit status 2, nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from budgetthinker.errors import UserError
+
+
+def _budget(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise UserError(
+            f"--budget must be an integer number of tokens, got {text!r}; e.g. --budget 1000"
+        ) from None
+
+
+def add_prepare_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--base", required=True, help="base model folder, or 'default' for the "
+                        "embedded SmolLM2-135M-Instruct")
+    parser.add_argument("--mode", default="8ratio",
+                        help="8ratio (default), <N>ratio, remaining250 or remaining50")
+    parser.add_argument("--out", required=True, help="folder to write the prepared model to")
+    parser.add_argument("--noise", type=float, default=0.0,
+                        help="relative noise added to the mean-initialised embedding rows")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    from budgetthinker.preparation.prepare import prepare_model
+
+    prepare_model(args.base, args.mode, args.out, noise=args.noise, seed=args.seed)
+    return 0
+
+
+def add_generate_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default="default",
+                        help="prepared model folder, or 'default' (embedded model, 8ratio)")
+    parser.add_argument("--prompt", required=True, help="the problem to solve")
+    parser.add_argument("--budget", required=True, type=str, help="thinking budget in tokens")
+    parser.add_argument("--backend", choices=("hf", "vllm"), default="hf")
+    parser.add_argument("--two-stage", action="store_true",
+                        help="force '</think> **Final Answer**\\boxed' if thinking is unfinished "
+                        "after B + B//50 tokens")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help="default: B + B//50 (two-stage: room for the answer as well)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, default=1.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def run_generate(args: argparse.Namespace) -> int:
+    from budgetthinker.control_spec import load_spec
+    from budgetthinker.generation import (
+        BudgetSettings,
+        HFBackend,
+        VLLMBackend,
+        analyse,
+        default_max_new_tokens,
+        require_vllm,
+    )
+    from budgetthinker.preparation.embedded_model import DEFAULT, default_prepared_dir
+    from budgetthinker.prompts import render_prompt
+
+    budget = _budget(args.budget)
+    if args.backend == "vllm":
+        require_vllm()
+    model_dir = str(default_prepared_dir()) if args.model == DEFAULT else args.model
+    spec = load_spec(model_dir)
+    settings = BudgetSettings(budget=budget, two_stage=args.two_stage)
+    plan = settings.plan(spec)  # validates the budget for the model's mode before any loading
+    max_new = args.max_new_tokens or default_max_new_tokens(settings, spec)
+    if max_new <= 0:
+        raise UserError(f"--max-new-tokens must be positive, got {max_new}")
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    prompt = render_prompt(tokenizer, args.prompt, budget, "control", spec.parsed_mode)
+    prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    if args.backend == "vllm":
+        backend = VLLMBackend(model_dir, seed=args.seed, max_model_len=len(prompt_ids) + max_new)
+    else:
+        backend = HFBackend(model_dir, seed=args.seed)
+    [output] = backend.generate(
+        [prompt_ids], [settings], [max_new], temperature=args.temperature, top_p=args.top_p
+    )
+    info = analyse(output, spec, plan)
+    text = tokenizer.decode(output, skip_special_tokens=False)
+    if args.json:
+        print(json.dumps({
+            "model": model_dir,
+            "backend": args.backend,
+            "budget": budget,
+            "mode": spec.mode,
+            "two_stage": args.two_stage,
+            "prompt": prompt,
+            "text": text,
+            "output_token_ids": output,
+            "control_positions": [list(p) for p in info.control_positions],
+            "forced_positions": info.forced_positions,
+            "thinking_tokens": info.thinking_tokens,
+            "finished_thinking": info.finished_thinking,
+            "suffix_forced": info.suffix_forced,
+            "output_tokens": len(output),
+        }, ensure_ascii=False))
+        return 0
+    print(f"model {model_dir} · mode {spec.mode} · budget {budget} · backend {args.backend}")
+    print("─" * 72)
+    print(text)
+    print("─" * 72)
+    where = ", ".join(f"{i}:{s.strip()}" for i, s in info.control_positions) or "none"
+    print(f"control tokens (output index: token): {where}")
+    print(
+        f"output tokens {len(output)} · thinking tokens {info.thinking_tokens} · finished "
+        f"thinking: {'yes' if info.finished_thinking else 'no'}"
+        + (" · two-stage suffix forced" if info.suffix_forced else "")
+    )
+    return 0
+
+
+COMMANDS = {
+    "prepare": (add_prepare_args, run_prepare,
+                "add control tokens to a base model and write a prepared model folder"),
+    "generate": (add_generate_args, run_generate,
+                 "generate one answer with control tokens forced into the thinking"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="budgetthinker", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (add_args, _run, help_text) in COMMANDS.items():
+        add_args(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command][1](args)
+    except UserError as e:
+        print(f"budgetthinker {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

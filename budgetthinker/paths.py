@@ -1,0 +1,14 @@
+"""Where BudgetThinker keeps things it builds once and reuses (the converted default model)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CACHE_ENV = "BUDGETTHINKER_CACHE"
+
+
+def cache_dir() -> Path:
+    """`$BUDGETTHINKER_CACHE`, else `~/.cache/budgetthinker`."""
+    env = os.environ.get(CACHE_ENV)
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "budgetthinker"

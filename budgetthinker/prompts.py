@@ -1,0 +1,89 @@
+"""Prompt rendering: the one function that turns a problem and a budget into the model's prompt.
+
+Strings are faithful to the original (SPEC §3); the ratio tip is generated from the mode so that
+`8ratio` reproduces the original text exactly and other N follow the same pattern.
+"""
+
+from __future__ import annotations
+
+import re
+
+from budgetthinker.control_spec import Mode
+from budgetthinker.errors import UserError
+
+SYSTEM_LINE = "Return your final response within \\boxed{}. "
+
+_PLAIN_TIPS = {
+    "prompt_v1": (
+        "\n(Complete thinking within {B} tokens or fewer, please output the remaining number of "
+        "tokens every 200 tokens to facilitate control of the remaining length of the thinking "
+        "process, here is a template: 'now remaining tokens: xxx', xxx is the real remaining "
+        "number of tokens.)"
+    ),
+    "prompt_v2": "\n(Complete thinking within {B} tokens or fewer)",
+    "withoutremaining": "\n(Complete thinking within {B} tokens or fewer.)",
+    "default": "\n(Complete thinking within {B} tokens or fewer.)",
+}
+TIP_NAMES = ("control", *_PLAIN_TIPS, "none")
+"""`control`: the tip that matches the model's control tokens (the `8ratio` tip for 8ratio);
+`none`: no budget in the prompt at all."""
+
+_BUDGET_RE = re.compile(r"Complete thinking within (\d+) tokens or fewer")
+
+
+def ratio_tip(mode: Mode, budget: int) -> str:
+    """The tip listing the control tokens from (N−1)/N down to 1/N (SPEC §3 for N = 8)."""
+    listed = " , ".join(mode.token_string(k) for k in range(mode.parts - 1, 0, -1))
+    return (
+        f"\n(Complete thinking within {budget} tokens or fewer, {mode.parts - 1} special tokens "
+        f"( {listed} ) will split the thinking process into {mode.parts} parts.)"
+    )
+
+
+def tip_text(tip: str, budget: int, mode: Mode | None = None) -> str:
+    """Text appended to the user turn for tip `tip` and budget `budget`.
+
+    For `control` the model's mode decides: ratio modes get the ratio tip, countdown modes the
+    plain `default` tip (the original had no dedicated countdown tip).
+    """
+    if tip == "none":
+        return ""
+    if tip == "control":
+        if mode is None:
+            raise UserError("tip 'control' needs a model with a control-token spec; prepare it")
+        if mode.kind == "ratio":
+            return ratio_tip(mode, budget)
+        tip = "default"
+    if tip not in _PLAIN_TIPS:
+        raise UserError(f"unknown tip {tip!r}; choose one of {', '.join(TIP_NAMES)}")
+    return _PLAIN_TIPS[tip].format(B=budget)
+
+
+def user_content(problem: str, budget: int, tip: str = "control", mode: Mode | None = None) -> str:
+    """System line + problem + budget tip: the user turn of every method."""
+    return SYSTEM_LINE + problem + tip_text(tip, budget, mode)
+
+
+def render_prompt(
+    tokenizer, problem: str, budget: int, tip: str = "control", mode: Mode | None = None
+) -> str:
+    """The full prompt text: the user turn inside the model's own chat template.
+
+    A tokenizer without a chat template gets the bare user turn.
+    """
+    content = user_content(problem, budget, tip, mode)
+    if not getattr(tokenizer, "chat_template", None):
+        return content
+    return tokenizer.apply_chat_template(
+        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
+    )
+
+
+def budget_from_prompt(text: str) -> int | None:
+    """The budget named by the last tip in `text`, or None.
+
+    Fallback for prompts built by other tools (the original engine patch found the budget this
+    way); prefer passing the budget explicitly.
+    """
+    matches = _BUDGET_RE.findall(text)
+    return int(matches[-1]) if matches else None

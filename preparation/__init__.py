@@ -1,0 +1,1 @@
+"""Preparation stage: the embedded default model and adding control tokens to a base model."""

