@@ -23,13 +23,21 @@ def _budget(text: str) -> int:
 
 
 def add_prepare_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--base", required=True, help="base model folder, or 'default' for the "
-                        "embedded SmolLM2-135M-Instruct")
-    parser.add_argument("--mode", default="8ratio",
-                        help="8ratio (default), <N>ratio, remaining250 or remaining50")
+    parser.add_argument(
+        "--base",
+        required=True,
+        help="base model folder, or 'default' for the embedded SmolLM2-135M-Instruct",
+    )
+    parser.add_argument(
+        "--mode", default="8ratio", help="8ratio (default), <N>ratio, remaining250 or remaining50"
+    )
     parser.add_argument("--out", required=True, help="folder to write the prepared model to")
-    parser.add_argument("--noise", type=float, default=0.0,
-                        help="relative noise added to the mean-initialised embedding rows")
+    parser.add_argument(
+        "--noise",
+        type=float,
+        default=0.0,
+        help="relative noise added to the mean-initialised embedding rows",
+    )
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -41,16 +49,26 @@ def run_prepare(args: argparse.Namespace) -> int:
 
 
 def add_generate_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default="default",
-                        help="prepared model folder, or 'default' (embedded model, 8ratio)")
+    parser.add_argument(
+        "--model",
+        default="default",
+        help="prepared model folder, or 'default' (embedded model, 8ratio)",
+    )
     parser.add_argument("--prompt", required=True, help="the problem to solve")
     parser.add_argument("--budget", required=True, type=str, help="thinking budget in tokens")
     parser.add_argument("--backend", choices=("hf", "vllm"), default="hf")
-    parser.add_argument("--two-stage", action="store_true",
-                        help="force '</think> **Final Answer**\\boxed' if thinking is unfinished "
-                        "after B + B//50 tokens")
-    parser.add_argument("--max-new-tokens", type=int, default=None,
-                        help="default: B + B//50 (two-stage: room for the answer as well)")
+    parser.add_argument(
+        "--two-stage",
+        action="store_true",
+        help="force '</think> **Final Answer**\\boxed' if thinking is unfinished "
+        "after B + B//50 tokens",
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=None,
+        help="default: B + B//50 (two-stage: room for the answer as well)",
+    )
     parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     parser.add_argument("--top-p", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=0)
@@ -96,22 +114,27 @@ def run_generate(args: argparse.Namespace) -> int:
     info = analyse(output, spec, plan)
     text = tokenizer.decode(output, skip_special_tokens=False)
     if args.json:
-        print(json.dumps({
-            "model": model_dir,
-            "backend": args.backend,
-            "budget": budget,
-            "mode": spec.mode,
-            "two_stage": args.two_stage,
-            "prompt": prompt,
-            "text": text,
-            "output_token_ids": output,
-            "control_positions": [list(p) for p in info.control_positions],
-            "forced_positions": info.forced_positions,
-            "thinking_tokens": info.thinking_tokens,
-            "finished_thinking": info.finished_thinking,
-            "suffix_forced": info.suffix_forced,
-            "output_tokens": len(output),
-        }, ensure_ascii=False))
+        print(
+            json.dumps(
+                {
+                    "model": model_dir,
+                    "backend": args.backend,
+                    "budget": budget,
+                    "mode": spec.mode,
+                    "two_stage": args.two_stage,
+                    "prompt": prompt,
+                    "text": text,
+                    "output_token_ids": output,
+                    "control_positions": [list(p) for p in info.control_positions],
+                    "forced_positions": info.forced_positions,
+                    "thinking_tokens": info.thinking_tokens,
+                    "finished_thinking": info.finished_thinking,
+                    "suffix_forced": info.suffix_forced,
+                    "output_tokens": len(output),
+                },
+                ensure_ascii=False,
+            )
+        )
         return 0
     print(f"model {model_dir} · mode {spec.mode} · budget {budget} · backend {args.backend}")
     print("─" * 72)
@@ -128,10 +151,16 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {
-    "prepare": (add_prepare_args, run_prepare,
-                "add control tokens to a base model and write a prepared model folder"),
-    "generate": (add_generate_args, run_generate,
-                 "generate one answer with control tokens forced into the thinking"),
+    "prepare": (
+        add_prepare_args,
+        run_prepare,
+        "add control tokens to a base model and write a prepared model folder",
+    ),
+    "generate": (
+        add_generate_args,
+        run_generate,
+        "generate one answer with control tokens forced into the thinking",
+    ),
 }
 
 

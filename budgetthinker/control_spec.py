@@ -52,13 +52,13 @@ class Mode:
         return self.parts - 1 if self.kind == "ratio" else self.max_value // self.step
 
     def token_string(self, level: int) -> str:
-        """String of the control token for `level` (1-based): k/N in ratio mode, S·k in countdown."""
+        """Control-token string for `level` (1-based): k/N in ratio mode, S·k in countdown."""
         if self.kind == "ratio":
             return f"\n<remaining>{level}/{self.parts}</remaining>\n"
         return f"\n<remaining>{self.step * level}</remaining>\n"
 
     def token_strings(self) -> list[str]:
-        """All control-token strings in the order they are added to the tokenizer (level 1 first)."""
+        """All control-token strings in tokenizer order (level 1 first)."""
         return [self.token_string(k) for k in range(1, self.num_tokens + 1)]
 
     def check_budget(self, budget: object) -> int:
@@ -102,7 +102,9 @@ def parse_mode(name: str) -> Mode:
     if m := _COUNTDOWN_RE.match(name):
         step = int(m.group(1))
         if step < 1:
-            raise UserError(f"mode {name!r}: the countdown step must be positive (e.g. remaining250)")
+            raise UserError(
+                f"mode {name!r}: the countdown step must be positive (e.g. remaining250)"
+            )
         max_value = COUNTDOWN_MAX.get(step, DEFAULT_COUNTDOWN_MAX)
         if max_value < step:
             raise UserError(f"mode {name!r}: the step is larger than the largest value {max_value}")
@@ -209,4 +211,6 @@ def load_spec(model_dir: str | os.PathLike) -> ControlSpec:
     try:
         return ControlSpec.from_json(json.loads(path.read_text()))
     except (KeyError, ValueError, TypeError) as e:
-        raise UserError(f"{path} is not a valid control-token spec ({e}); prepare the model again")
+        raise UserError(
+            f"{path} is not a valid control-token spec ({e}); prepare the model again"
+        ) from None

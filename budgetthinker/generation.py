@@ -67,7 +67,9 @@ class Analysis:
     think_end_count: int = 0
 
 
-def analyse(output_ids: Sequence[int], spec: ControlSpec | None, plan: ForcingPlan | None) -> Analysis:
+def analyse(
+    output_ids: Sequence[int], spec: ControlSpec | None, plan: ForcingPlan | None
+) -> Analysis:
     """Control-token positions, forced positions and thinking length of one output.
 
     `finished_thinking` means the model closed thinking itself; a `</think>` that is part of a
@@ -112,7 +114,6 @@ class HFBackend:
     name = "hf"
 
     def __init__(self, model_dir: str, *, dtype: str | None = None, seed: int = 0) -> None:
-        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.device = "cuda" if on_gpu() else "cpu"
@@ -168,7 +169,7 @@ class HFBackend:
                     pad_token_id=self.pad_id,
                     **(sampling if temperature > 0 else {"do_sample": False}),
                 )
-            for row, limit in zip(out[:, width:].tolist(), limits):
+            for row, limit in zip(out[:, width:].tolist(), limits, strict=False):
                 outputs.append(_cut_at_eos(row[:limit], self.eos_ids))
             if progress is not None:
                 progress.update(len(batch))
@@ -229,7 +230,7 @@ class VLLMBackend:
                 skip_special_tokens=False,
                 extra_args=s.vllm_extra_args(),
             )
-            for i, (s, limit) in enumerate(zip(settings, max_new_tokens))
+            for i, (s, limit) in enumerate(zip(settings, max_new_tokens, strict=False))
         ]
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
         results = self.llm.generate(prompts, params, use_tqdm=progress is not None)

@@ -63,13 +63,17 @@ class BudgetForcingProcessor(LogitsProcessor):
             if key in extra:
                 _flag(extra, key, False)
         if extra.get("suffix", "eval") not in ("eval", "rl"):
-            raise ValueError(f"extra_args['suffix'] must be 'eval' or 'rl', got {extra['suffix']!r}")
+            raise ValueError(
+                f"extra_args['suffix'] must be 'eval' or 'rl', got {extra['suffix']!r}"
+            )
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool) -> None:
         model_config = vllm_config.model_config
         self.model_dir = model_config.model
         self.tokenizer_name = model_config.tokenizer
-        self.spec: ControlSpec | None = load_spec(self.model_dir) if has_spec(self.model_dir) else None
+        self.spec: ControlSpec | None = (
+            load_spec(self.model_dir) if has_spec(self.model_dir) else None
+        )
         self.device = device
         self.rows: dict[int, tuple[Forcer, list[int]]] = {}
         self._tokenizer = None

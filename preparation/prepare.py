@@ -76,6 +76,34 @@ def prepare_model(
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")
     old_len = len(tokenizer)
+    spec = add_control_tokens(
+        tokenizer,
+        parsed.name,
+        base_model=str(base) if base == "default" else str(base_dir.resolve()),
+    )
+    new_ids = list(range(old_len, len(tokenizer)))
+    _grow_embeddings(model, len(tokenizer), old_len, new_ids, noise, seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".prepare-") as tmp:
+        staged = Path(tmp) / "model"
+        model.save_pretrained(staged)
+        tokenizer.save_pretrained(staged)
+        spec.save(staged)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        publish_dir(staged, out)
+    say(
+        f"Prepared {out}: mode {parsed.name}, {len(spec.token_ids)} control tokens "
+        f"(ids {spec.token_ids[0]}…{spec.token_ids[-1]}), vocabulary {old_len} → "
+        f"{len(tokenizer)}."
+    )
+    return spec
+
+
+def add_control_tokens(tokenizer, mode: str, base_model: str = "") -> ControlSpec:
+    """Add the mode's control tokens (level 1 first) and any missing thinking delimiters to
+    `tokenizer` in place; return the spec with the ids the tokenizer gave them."""
+    parsed = parse_mode(mode)
     strings = parsed.token_strings()
     tokenizer.add_special_tokens(
         {"additional_special_tokens": strings}, replace_extra_special_tokens=False
@@ -85,14 +113,11 @@ def prepare_model(
         tokenizer.add_special_tokens(
             {"additional_special_tokens": missing_think}, replace_extra_special_tokens=False
         )
-    new_ids = sorted(set(range(old_len, len(tokenizer))))
-    _grow_embeddings(model, len(tokenizer), old_len, new_ids, noise, seed)
-
     token_ids = tuple(tokenizer.convert_tokens_to_ids(strings))
-    for s, tid in zip(strings, token_ids):
+    for s, tid in zip(strings, token_ids, strict=False):
         if tokenizer.encode(s, add_special_tokens=False) != [tid]:
-            raise UserError(f"control token {s!r} does not encode to one token in {base_dir}")
-    spec = ControlSpec(
+            raise UserError(f"control token {s!r} does not encode to one token")
+    return ControlSpec(
         mode=parsed.name,
         token_strings=tuple(strings),
         token_ids=token_ids,
@@ -104,22 +129,8 @@ def prepare_model(
             name: tuple(tokenizer.encode(text, add_special_tokens=False))
             for name, text in TWO_STAGE_SUFFIXES.items()
         },
-        base_model=str(base) if base == "default" else str(base_dir.resolve()),
+        base_model=base_model,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".prepare-") as tmp:
-        staged = Path(tmp) / "model"
-        model.save_pretrained(staged)
-        tokenizer.save_pretrained(staged)
-        spec.save(staged)
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        publish_dir(staged, out)
-    say(
-        f"Prepared {out}: mode {parsed.name}, {len(strings)} control tokens "
-        f"(ids {token_ids[0]}…{token_ids[-1]}), vocabulary {old_len} → {len(tokenizer)}."
-    )
-    return spec
 
 
 def _is_single_token(tokenizer, text: str) -> bool:
