@@ -1,0 +1,100 @@
+"""Preparation on the real embedded model and on the real DeepSeek-R1-Distill tokenizer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from budgetthinker.control_spec import SPEC_FILENAME, load_spec
+from budgetthinker.errors import UserError
+from budgetthinker.preparation.embedded_model import default_base_dir
+from budgetthinker.preparation.prepare import add_control_tokens, prepare_model
+from tests.conftest import SHARED_TOKENIZER
+
+pytestmark = pytest.mark.slow
+
+
+def _embeddings(model_dir: Path) -> torch.Tensor:
+    weights = {}
+    for f in sorted(model_dir.glob("*.safetensors")):
+        weights.update(load_file(f))
+    return weights["model.embed_tokens.weight"]
+
+
+def test_prepared_default_model(prepared_model, spec, tokenizer):
+    assert spec.mode == "8ratio"
+    assert list(spec.token_strings) == [f"\n<remaining>{k}/8</remaining>\n" for k in range(1, 8)]
+    for s, tid in zip(spec.token_strings, spec.token_ids, strict=True):
+        assert tokenizer.encode(s, add_special_tokens=False) == [tid]
+        assert tokenizer.convert_ids_to_tokens(tid) == s
+    # SmolLM2 lacks <think>/</think>: preparation adds them as single tokens after the controls
+    assert tokenizer.encode("</think>", add_special_tokens=False) == [spec.think_end_id]
+    assert spec.think_start_id == spec.token_ids[-1] + 1
+    assert spec.think_end_id == spec.token_ids[-1] + 2
+    assert spec.suffix_ids["eval"] == tuple(
+        tokenizer.encode("\n</think>\n\n**Final Answer**\\boxed", add_special_tokens=False)
+    )
+    assert spec.think_end_id in spec.suffix_ids["rl"]
+
+    emb = _embeddings(prepared_model)
+    config = json.loads((prepared_model / "config.json").read_text())
+    old = 49152  # SmolLM2's vocabulary
+    assert emb.shape[0] % 64 == 0 and emb.shape[0] >= len(tokenizer) == old + 9
+    assert config["vocab_size"] == emb.shape[0]
+    mean = _embeddings(default_base_dir())[:old].mean(dim=0)
+    for tid in (*spec.token_ids, spec.think_start_id, spec.think_end_id):
+        torch.testing.assert_close(emb[tid], mean, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(emb[:old], _embeddings(default_base_dir())[:old])
+
+
+def test_prepare_again_is_a_noop_and_other_mode_is_an_error(prepared_model, tmp_path):
+    out = tmp_path / "copy"
+    spec = prepare_model(str(prepared_model), "8ratio", out, quiet=True)
+    assert spec == load_spec(prepared_model)
+    stamp = (out / SPEC_FILENAME).stat().st_mtime_ns
+    assert prepare_model(str(prepared_model), "8ratio", out, quiet=True) == spec
+    assert (out / SPEC_FILENAME).stat().st_mtime_ns == stamp
+    with pytest.raises(UserError, match="already prepared with mode 8ratio"):
+        prepare_model("default", "4ratio", out, quiet=True)
+    with pytest.raises(UserError, match="prepare from the original base"):
+        prepare_model(str(prepared_model), "remaining250", tmp_path / "other", quiet=True)
+    assert not (tmp_path / "other").exists()
+
+
+def test_prepare_countdown_mode(tmp_path):
+    spec = prepare_model("default", "remaining250", tmp_path / "r250", quiet=True)
+    assert len(spec.token_ids) == 40
+    assert spec.token_strings[-1] == "\n<remaining>10000</remaining>\n"
+    assert spec.token_ids == tuple(range(49152, 49192))
+    assert load_spec(tmp_path / "r250") == spec
+
+
+def test_bad_base_and_out(tmp_path):
+    with pytest.raises(UserError, match="not a model folder"):
+        prepare_model(str(tmp_path), "8ratio", tmp_path / "o", quiet=True)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x.txt").write_text("x")
+    with pytest.raises(UserError, match="exists and is not a prepared model"):
+        prepare_model("default", "8ratio", tmp_path / "full", quiet=True)
+    with pytest.raises(UserError, match="unknown mode"):
+        prepare_model("default", "eightratio", tmp_path / "o", quiet=True)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.skipif(not SHARED_TOKENIZER.is_dir(), reason="shared/ tokenizer copy not present")
+def test_real_deepseek_tokenizer_ids():
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(SHARED_TOKENIZER)
+    assert len(tokenizer) == 151665
+    spec = add_control_tokens(tokenizer, "8ratio")
+    assert spec.token_ids == tuple(range(151665, 151672))  # 1/8 … 7/8
+    assert tokenizer.convert_tokens_to_ids("\n<remaining>7/8</remaining>\n") == 151671
+    # DeepSeek already has the thinking delimiters: nothing else is added
+    assert len(tokenizer) == 151672
+    assert (spec.think_start_id, spec.think_end_id) == (151648, 151649)
+    assert spec.suffix_ids["eval"][:3] == (198, 151649, 271)

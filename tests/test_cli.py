@@ -1,0 +1,162 @@
+"""The command line: real runs on the embedded model, and one clear error per user mistake."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from budgetthinker.cli import main
+from tests.conftest import LONG_PROMPTS
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize(
+    "budget,needle",
+    [
+        ("0", "positive"),
+        ("-5", "positive"),
+        ("abc", "integer"),
+        ("1.5", "integer"),
+        ("4", "at least 8"),
+    ],
+)
+def test_bad_budget(capsys, prepared_model, budget, needle):
+    code, out, err = run_cli(
+        capsys, "generate", "--model", str(prepared_model), "--prompt", "x", "--budget", budget
+    )
+    assert_one_line_error(code, err, needle)
+    assert out == ""
+
+
+def test_model_without_spec(capsys, tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    code, _, err = run_cli(
+        capsys, "generate", "--model", str(tmp_path), "--prompt", "x", "--budget", "64"
+    )
+    assert_one_line_error(code, err, "no control-token spec", "budgetthinker prepare")
+
+
+def test_unknown_mode_writes_nothing(capsys, tmp_path):
+    code, _, err = run_cli(
+        capsys, "prepare", "--base", "default", "--mode", "9x", "--out", str(tmp_path / "m")
+    )
+    assert_one_line_error(code, err, "unknown mode")
+    assert not (tmp_path / "m").exists()
+
+
+def test_vllm_missing(capsys, prepared_model, monkeypatch):
+    # A None entry in sys.modules makes `vllm` unimportable, as in an environment without it.
+    monkeypatch.setitem(sys.modules, "vllm", None)
+    code, _, err = run_cli(
+        capsys,
+        "generate",
+        "--model",
+        str(prepared_model),
+        "--prompt",
+        "x",
+        "--budget",
+        "64",
+        "--backend",
+        "vllm",
+    )
+    assert_one_line_error(code, err, "vLLM", "--backend hf")
+
+
+def test_error_from_console_script_has_no_traceback(prepared_model):
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "budgetthinker.cli",
+            "generate",
+            "--model",
+            str(prepared_model),
+            "--prompt",
+            "x",
+            "--budget",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("budgetthinker generate: error:")
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_generate_json_shows_forced_control_tokens(capsys, prepared_model, spec):
+    code, out, _ = run_cli(
+        capsys,
+        "generate",
+        "--model",
+        str(prepared_model),
+        "--prompt",
+        LONG_PROMPTS[0],
+        "--budget",
+        "64",
+        "--max-new-tokens",
+        "60",
+        "--json",
+    )
+    assert code == 0
+    result = json.loads(out)
+    delta = 64 // 8 + 1
+    ids = result["output_token_ids"]
+    assert result["control_positions"], (
+        "nothing was forced: the test prompt must produce longer output"
+    )
+    for index, string in result["control_positions"]:
+        assert ids[index] == spec.token_ids[spec.token_strings.index(string)]
+    expected = [k * delta + k - 1 for k in range(1, 8) if k * delta + k - 1 < len(ids)]
+    if result["finished_thinking"]:
+        expected = [p for p in expected if p < result["thinking_tokens"]]
+    assert [p for p, _ in result["control_positions"]] == expected
+    assert result["control_positions"][0][1] == "\n<remaining>7/8</remaining>\n"
+    assert "<remaining>7/8</remaining>" in result["text"]
+    assert len(ids) <= 60
+
+
+@pytest.mark.slow
+def test_generate_two_stage_forces_suffix(capsys, prepared_model, spec):
+    code, out, _ = run_cli(
+        capsys,
+        "generate",
+        "--model",
+        str(prepared_model),
+        "--prompt",
+        LONG_PROMPTS[0],
+        "--budget",
+        "16",
+        "--two-stage",
+        "--max-new-tokens",
+        "40",
+        "--json",
+    )
+    assert code == 0
+    result = json.loads(out)
+    ids = result["output_token_ids"]
+    # Greedy and deterministic: the untrained model never closes thinking by itself here.
+    assert not result["finished_thinking"] and len(ids) > 16
+    suffix = list(spec.suffix_ids["eval"])
+    assert ids[16 : 16 + len(suffix)] == suffix
+    assert result["suffix_forced"] is True
+    assert "</think>\n\n**Final Answer**\\boxed" in result["text"]
