@@ -105,6 +105,7 @@ def run_generate(args: argparse.Namespace) -> int:
     prompt = render_prompt(tokenizer, args.prompt, budget, "control", spec.parsed_mode)
     prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
     if args.backend == "vllm":
+        print("Starting the vLLM engine (about 40 s on a small CPU machine)…", file=sys.stderr)
         backend = VLLMBackend(model_dir, seed=args.seed, max_model_len=len(prompt_ids) + max_new)
     else:
         backend = HFBackend(model_dir, seed=args.seed)
