@@ -1,0 +1,1 @@
+"""Evaluation stage: benchmarks, methods, runner, grading, metrics and reports."""
