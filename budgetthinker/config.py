@@ -1,0 +1,190 @@
+"""YAML recipes → typed dataclasses, with `key=value` overrides and documented env aliases.
+
+A recipe file in `configs/` is the whole description of an experiment. Overrides use dotted keys
+(`sampling.temperature=0.6`, `budgets=[100,250]`); values are parsed as YAML. Unknown keys fail
+with the list of known ones, values of the wrong type fail with the key's type: a typo never
+silently runs the wrong experiment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+
+from budgetthinker.errors import UserError
+
+T = TypeVar("T")
+
+
+def load_yaml(path: str | os.PathLike) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} does not exist; see configs/ for the recipes")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping of keys to values")
+    return data
+
+
+def parse_overrides(items: Sequence[str]) -> dict:
+    """`["a.b=1", "c=[1,2]"]` → `{"a": {"b": 1}, "c": [1, 2]}` (values parsed as YAML)."""
+    result: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"override {item!r} must look like key=value (e.g. budgets=[100,250])")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = result
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {item!r} conflicts with another override of {part!r}")
+        node[parts[-1]] = value
+    return result
+
+
+def merge(base: dict, extra: Mapping) -> dict:
+    """Deep merge: mappings merge key by key, anything else replaces."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(dict(out[key]), value)
+        else:
+            out[key] = value
+    return out
+
+
+def build(cls: type[T], data: Mapping, where: str = "") -> T:
+    """Instantiate dataclass `cls` from a mapping, recursively, checking keys and types."""
+    if not isinstance(data, Mapping):
+        raise UserError(f"{where or 'config'} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise UserError(
+            f"unknown config key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(_dotted(where, k)) for k in unknown)}; known keys"
+            f"{' of ' + where if where else ''}: {', '.join(sorted(fields))}"
+        )
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        kwargs[name] = _coerce(hints[name], value, _dotted(where, name))
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"invalid config{' ' + where if where else ''}: {e}") from None
+
+
+def to_dict(obj: Any) -> Any:
+    """Dataclass → plain dict (for writing the resolved config)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    return obj
+
+
+def _dotted(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except UserError as e:
+                errors.append(str(e))
+        raise UserError(errors[0] if errors else f"{key}: bad value {value!r}")
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    if origin in (list, tuple, Sequence):
+        (item,) = typing.get_args(tp)[:1] or (Any,)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]  # a single value where a list is expected
+        if not isinstance(value, list):
+            raise UserError(f"{key} must be a list, got {value!r}")
+        return [_coerce(item, v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise UserError(f"{key} must be a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise UserError(f"{key} must be true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise UserError(f"{key} must be an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise UserError(f"{key} must be a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise UserError(f"{key} must be a string, got {value!r}")
+    return value
+
+
+def env_overrides(aliases: Mapping[str, tuple[str, typing.Callable[[str], Any]]]) -> dict:
+    """Overrides from the original project's environment variables, for those that are set.
+
+    `aliases` maps an env var to (dotted config key, converter from the env string).
+    """
+    result: dict = {}
+    for var, (key, convert) in aliases.items():
+        raw = os.environ.get(var)
+        if raw is None or raw == "":
+            continue
+        try:
+            value = convert(raw)
+        except (TypeError, ValueError) as e:
+            raise UserError(
+                f"environment variable {var}={raw!r} is not valid for {key}: {e}"
+            ) from None
+        node = result
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return result
+
+
+def load_config(
+    cls: type[T],
+    path: str | os.PathLike | None,
+    overrides: Sequence[str] = (),
+    env: Mapping[str, tuple[str, typing.Callable[[str], Any]]] | None = None,
+) -> T:
+    """Recipe file (optional) < environment aliases < command-line overrides."""
+    data = load_yaml(path) if path is not None else {}
+    if env:
+        data = merge(data, env_overrides(env))
+    data = merge(data, parse_overrides(overrides))
+    return build(cls, data)
