@@ -39,9 +39,12 @@ class BudgetSettings:
             return {"force": 0}  # no budget: also disable the prompt-tip fallback
         if not self.control and not self.two_stage:
             return {"force": 0}
-        if not self.control:
-            raise UserError("two-stage without control tokens is not supported on vLLM yet")
-        return {"budget": self.budget, "two_stage": self.two_stage, "suffix": self.suffix}
+        return {
+            "budget": self.budget,
+            "two_stage": self.two_stage,
+            "suffix": self.suffix,
+            "control": self.control,
+        }
 
 
 def default_max_new_tokens(settings: BudgetSettings, spec: ControlSpec | None) -> int:

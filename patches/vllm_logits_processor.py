@@ -10,6 +10,7 @@ HTTP):
     budget      int > 0    thinking budget B (turns forcing on)
     two_stage   bool/0/1   force the two-stage suffix after B + B//50 unfinished thinking tokens
     suffix      "eval"|"rl"  which two-stage suffix (default "eval")
+    control     bool/0/1   0: no control tokens (two-stage suffix only), default 1
     force       bool/0/1   0 turns forcing off for this request (also the prompt fallback)
     stop_at_think_end  bool/0/1  1 (default): no control tokens after `</think>`
 
@@ -38,7 +39,7 @@ from budgetthinker.prompts import budget_from_prompt
 
 logger = logging.getLogger(__name__)
 
-EXTRA_KEYS = ("budget", "two_stage", "suffix", "force", "stop_at_think_end")
+EXTRA_KEYS = ("budget", "two_stage", "suffix", "control", "force", "stop_at_think_end")
 _FALLBACK_WINDOW = 512  # prompt tokens decoded when looking for a budget tip
 
 
@@ -59,7 +60,7 @@ class BudgetForcingProcessor(LogitsProcessor):
             b = extra["budget"]
             if isinstance(b, bool) or not isinstance(b, int) or b <= 0:
                 raise ValueError(f"extra_args['budget'] must be a positive integer, got {b!r}")
-        for key in ("two_stage", "force", "stop_at_think_end"):
+        for key in ("two_stage", "control", "force", "stop_at_think_end"):
             if key in extra:
                 _flag(extra, key, False)
         if extra.get("suffix", "eval") not in ("eval", "rl"):
@@ -98,6 +99,7 @@ class BudgetForcingProcessor(LogitsProcessor):
             return make_plan(
                 self.spec,
                 budget,
+                control=_flag(extra, "control", True),
                 two_stage=_flag(extra, "two_stage", False),
                 suffix=extra.get("suffix", "eval"),
                 stop_at_think_end=_flag(extra, "stop_at_think_end", True),
