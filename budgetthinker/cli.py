@@ -151,6 +151,23 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_eval_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", default="configs/eval/default.yaml",
+                        help="evaluation recipe (YAML); default: configs/eval/default.yaml")
+    parser.add_argument("overrides", nargs="*", metavar="key=value",
+                        help="override recipe keys, e.g. budgets=[100,250] data.limit=50")
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from budgetthinker.config import load_config
+    from budgetthinker.evaluation.config import ENV_ALIASES, EvalConfig
+    from budgetthinker.evaluation.runner import run_eval as run
+
+    cfg = load_config(EvalConfig, args.config, args.overrides, env=ENV_ALIASES)
+    run(cfg)
+    return 0
+
+
 COMMANDS = {
     "prepare": (
         add_prepare_args,

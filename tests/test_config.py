@@ -1,0 +1,108 @@
+"""Recipe loading: YAML → typed dataclasses, overrides, env aliases, and clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from budgetthinker.config import build, load_config, parse_overrides
+from budgetthinker.errors import UserError
+from budgetthinker.evaluation.config import ENV_ALIASES, EvalConfig
+
+REPO = Path(__file__).resolve().parent.parent
+RECIPES = sorted((REPO / "configs" / "eval").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_loads(recipe):
+    cfg = load_config(EvalConfig, recipe)
+    assert cfg.experiment == recipe.stem
+    assert all(b > 0 for b in cfg.budgets)
+
+
+def test_release_recipe_is_the_original_sweep():
+    cfg = load_config(EvalConfig, REPO / "configs/eval/math500_release.yaml")
+    assert cfg.budgets == [100, 250, 500, 1000, 2000, 4000, 6000, 10000]
+    assert cfg.data.benchmarks == ["math500"]
+    assert (cfg.sampling.temperature, cfg.sampling.n) == (0.0, 1)
+
+
+def test_overrides_are_typed_and_nested():
+    cfg = load_config(
+        EvalConfig,
+        REPO / "configs/eval/default.yaml",
+        [
+            "budgets=[10,20]",
+            "sampling.temperature=0.6",
+            "sampling.n=4",
+            "data.limit=5",
+            "backend=vllm",
+        ],
+    )
+    assert cfg.budgets == [10, 20]
+    assert cfg.sampling.temperature == 0.6 and cfg.sampling.n == 4
+    assert cfg.data.limit == 5 and cfg.backend == "vllm"
+    assert load_config(EvalConfig, None, ["budgets=64"]).budgets == [64]
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("budgte=[1]", "unknown config key 'budgte'"),
+        ("sampling.temprature=1", "unknown config key 'sampling.temprature'"),
+        ("budgets=[a]", "budgets[0] must be an integer"),
+        ("two_stage=maybe", "two_stage must be true or false"),
+        ("backend=tpu", "backend must be 'hf' or 'vllm'"),
+        ("sampling.n=4", "needs sampling.temperature > 0"),
+        ("noequals", "key=value"),
+        ("data.limit=0", "limit must be positive"),
+    ],
+)
+def test_bad_overrides_fail_clearly(override, message):
+    with pytest.raises(UserError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        load_config(EvalConfig, None, [override])
+
+
+def test_unknown_key_in_file(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("experiment: x\nbudgest: [1]\n")
+    with pytest.raises(UserError, match=r"unknown config key 'budgest'; known keys: .*budgets"):
+        load_config(EvalConfig, recipe)
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(EvalConfig, tmp_path / "missing.yaml")
+
+
+def test_env_aliases(monkeypatch):
+    monkeypatch.setenv("MODEL_NAME_OR_PATH", "ckpt/model")
+    monkeypatch.setenv("DATA_NAME", "math500,aime24")
+    monkeypatch.setenv("remaining", "8ratio")
+    monkeypatch.setenv("stage", "2")
+    cfg = load_config(EvalConfig, None, [], env=ENV_ALIASES)
+    assert cfg.model == "ckpt/model"
+    assert cfg.data.benchmarks == ["math500", "aime24"]
+    assert cfg.methods == ["control"] and cfg.two_stage is True
+    # command-line overrides win over env aliases
+    assert load_config(EvalConfig, None, ["two_stage=false"], env=ENV_ALIASES).two_stage is False
+
+
+def test_env_tip_without_forcing(monkeypatch):
+    monkeypatch.setenv("remaining", "default")
+    monkeypatch.setenv("tip", "prompt_v1")
+    assert load_config(EvalConfig, None, [], env=ENV_ALIASES).methods == ["prompt_v1"]
+    monkeypatch.setenv("stage", "add")
+    with pytest.raises(UserError, match="stage"):
+        load_config(EvalConfig, None, [], env=ENV_ALIASES)
+
+
+def test_parse_overrides_yaml_values():
+    assert parse_overrides(["a.b=1", "a.c=x", "d=[1, 2]", "e=null"]) == {
+        "a": {"b": 1, "c": "x"},
+        "d": [1, 2],
+        "e": None,
+    }
+
+
+def test_build_rejects_non_mapping():
+    with pytest.raises(UserError, match="must be a mapping"):
+        build(EvalConfig, {"data": [1]})
