@@ -168,6 +168,46 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_grade_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "pred",
+        metavar="PRED",
+        help="a model response (its last \\boxed{} answer is graded) or a bare answer",
+    )
+    parser.add_argument("gold", metavar="GOLD", help="the gold answer")
+    parser.add_argument(
+        "--benchmark", default=None, help="benchmark name; for gsm8k a final '#### N' also counts"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=5.0, help="seconds for the check (default 5)"
+    )
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="also print the extracted answer and how both answers were normalised and parsed",
+    )
+
+
+def run_grade(args: argparse.Namespace) -> int:
+    from budgetthinker.evaluation.grading import explain, extract_answer
+
+    if not args.timeout > 0:
+        raise UserError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    answer = extract_answer(args.pred, args.benchmark)
+    source = "the last \\boxed{} of PRED"
+    if answer is None:
+        answer, source = args.pred.strip(), "PRED itself (no \\boxed{} found)"
+    info = explain(answer, args.gold, args.timeout)
+    if args.verbose:
+        print(f"answer: {answer!r}, from {source}")
+        print(f"gold: {args.gold!r}")
+        for key, value in info.items():
+            if key != "correct":
+                print(f"{key}: {value!r}" if isinstance(value, str) else f"{key}: {value}")
+    print("true" if info["correct"] else "false")
+    return 0
+
+
 COMMANDS = {
     "prepare": (
         add_prepare_args,
@@ -178,6 +218,11 @@ COMMANDS = {
         add_generate_args,
         run_generate,
         "generate one answer with control tokens forced into the thinking",
+    ),
+    "grade": (
+        add_grade_args,
+        run_grade,
+        "check one answer (or a response's last \\boxed{} answer) against a gold answer",
     ),
 }
 

@@ -1,0 +1,393 @@
+"""The grader, with the real math-verify: extraction, equivalence, time limits, worker processes,
+gold answers per benchmark and the `grade` command."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("math_verify")
+
+from budgetthinker.cli import main
+from budgetthinker.errors import UserError
+from budgetthinker.evaluation.grading import (
+    BENCHMARKS,
+    GradeResult,
+    explain,
+    extract_answer,
+    extract_boxed,
+    gold_answer,
+    grade,
+    grade_many,
+    is_equivalent,
+)
+
+BENCH_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "benchmarks"
+HUGE_EXPONENT = r"9^{9^{9^{9}}}"
+DEEP_BRACES = "{" * 50_000 + "1" + "}" * 50_000  # 100k characters
+
+
+# ---------------------------------------------------------------------------------------------
+# extract_boxed / extract_answer
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        (r"so \boxed{42}.", "42"),
+        (r"\boxed{1} then \boxed{2}", "2"),
+        (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+        (r"\boxed{\left\{1, 2\right\}}", r"\left\{1, 2\right\}"),
+        (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),
+        (r"$\boxed{ x^{2} }$", "x^{2}"),
+        (r"\fbox{7}", "7"),
+        (r"\boxed{3} and \fbox{4}", "4"),
+        (r"**Final Answer**\boxed 5", "5"),
+        (r"the answer is $\boxed 12$.", "12"),
+        (r"\boxed 5.", "5"),
+        (r"\boxed{}", ""),
+        (r"\boxed{1} \boxedtext{2}", "1"),
+        (r"\boxed{1} \boxed{2", None),  # truncated last answer: no answer
+        ("no answer here", None),
+        ("", None),
+        (r"\boxed", None),
+        ("}}}{{{", None),
+    ],
+)
+def test_extract_boxed(text, expected):
+    assert extract_boxed(text) == expected
+
+
+def test_extract_boxed_non_string():
+    assert extract_boxed(None) is None  # type: ignore[arg-type]
+
+
+def test_extract_boxed_huge_inputs_return():
+    assert extract_boxed(r"\boxed" + DEEP_BRACES) == DEEP_BRACES[1:-1]
+    assert extract_boxed(r"\boxed" + "{" * 100_000) is None
+    assert extract_boxed(r"\boxedx" * 50_000 + r"\fbox{3}" + r"\boxedy" * 50_000) == "3"
+    assert extract_boxed("x" * 1_000_000 + r"\boxed{9}") == "9"
+
+
+@pytest.mark.parametrize(
+    "text,benchmark,expected",
+    [
+        ("She earns 9 * 2 = $18 a day.\n#### 18", "gsm8k", "18"),
+        ("#### 1,000\n", "gsm8k", "1000"),
+        ("#### $5.\nthanks", "gsm8k", "5"),
+        ("#### 3\nso \\boxed{4}", "gsm8k", "4"),  # a boxed answer wins
+        ("#### 18", None, None),  # '####' counts only for GSM8K
+        ("#### 18", "math500", None),
+        ("####", "gsm8k", None),
+        (r"\boxed{2}", "math500", "2"),
+        ("garbage {{{ \\ }", None, None),
+    ],
+)
+def test_extract_answer(text, benchmark, expected):
+    assert extract_answer(text, benchmark) == expected
+
+
+# ---------------------------------------------------------------------------------------------
+# is_equivalent
+
+
+@pytest.mark.parametrize(
+    "pred,gold",
+    [
+        ("0.5", r"\frac12"),
+        ("1/2", r"\frac{1}{2}"),
+        (r"\dfrac{1}{2}", "0.5"),
+        (r"\left(0,1\right]", "(0,1]"),
+        ("5", r"\text{5 cm}"),
+        (r"\text{5 cm}", "5"),
+        (r"5\text{ cm}", "5"),
+        (r"\text{Evelyn}", r"\text{Evelyn}"),
+        ("Evelyn", r"\text{Evelyn}"),
+        (r"\text{(C)}", "C"),
+        (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}"),
+        (r"\begin{pmatrix} 2 & 0 \\ 0 & 2 \end{pmatrix}", r"\begin{pmatrix}2&0\\0&2\end{pmatrix}"),
+        ("2, 1", "1, 2"),
+        (r"\{3, 5, 7\}", "3, 5, 7"),
+        ("30", r"30^\circ"),
+        (r"30^{\circ}", "30"),
+        ("50", r"50\%"),
+        (r"50\%", "0.5"),
+        ("0.625", "62.5%"),
+        (r"\frac12", r"50\%"),
+        ("8", r"8 \%"),
+        ("-3", "-3"),
+        ("-50", "-50"),
+        ("6-5i", "6 - 5i"),
+        ("x=5", "5"),
+        ("1,000", "1000"),
+        (r"\$18", "18"),
+        ("18.0", "18"),
+        ("2x+1", "1+2x"),
+        (r"\sqrt{51}", r"\sqrt{51}"),
+        (r"3\sqrt{13}", r"\sqrt{117}"),
+        ("4210_{5}", "4210_5"),
+        ("11_2", "3_{10}"),
+        ("-1./3", r"-\frac{1}{3}"),
+    ],
+)
+def test_equivalent(pred, gold):
+    assert is_equivalent(pred, gold) is True
+    assert is_equivalent(pred, gold, fast_path=False) is True
+
+
+@pytest.mark.parametrize(
+    "pred,gold",
+    [
+        ("0.51", r"\frac12"),
+        ("(0,1)", "(0,1]"),
+        ("[0,1]", "(0,1]"),
+        ("6", r"\text{5 cm}"),
+        (r"\begin{pmatrix}1\\3\end{pmatrix}", r"\begin{pmatrix}1\\2\end{pmatrix}"),
+        ("2", "1, 2"),
+        ("1, 2, 3", "1, 2"),
+        ("3", "-3"),
+        ("-3", "3"),
+        ("31", r"30^\circ"),
+        ("51", r"50\%"),
+        ("0.6", "50%"),
+        (r"\text{(D)}", r"\text{(C)}"),
+        ("4210_{6}", "4210_{5}"),  # math-verify alone drops the base
+        # math-verify cannot parse these; with its default `any_match` both became 2/3
+        (r"\frac{1}{3} E_{1}+\frac{2}{3} E_{3}", r"\frac{1}{3} E_{1}+\frac{2}{3} E_{2}"),
+        ("The answer is 5", "6"),
+    ],
+)
+def test_not_equivalent(pred, gold):
+    assert is_equivalent(pred, gold) is False
+
+
+@pytest.mark.parametrize(
+    "pred,gold",
+    [
+        ("", "1"),
+        ("   ", "1"),
+        ("1", ""),
+        ("{{{", "1"),
+        (r"\frac{1", "1"),
+        ("}}}", "}}}x"),
+        (r"\boxed{", "1"),
+        ("\x00\x01", "1"),
+        (None, "1"),
+        ("1", None),
+        (1, 1),
+    ],
+)
+def test_garbage_is_false_and_never_raises(pred, gold):
+    assert is_equivalent(pred, gold) is False
+
+
+@pytest.mark.parametrize("pred", [HUGE_EXPONENT, DEEP_BRACES, "(" * 5000 + "1"])
+def test_pathological_answers_return_false(pred):
+    """Inputs that would hang a naive grader come back (as wrong) once the time limit passes."""
+    assert is_equivalent(pred, "1", timeout=1.0) is False
+
+
+def test_huge_exponent_reports_timed_out():
+    result = grade(rf"\boxed{{{HUGE_EXPONENT}}}", "1", timeout=1.0)
+    assert result == GradeResult(predicted=HUGE_EXPONENT, correct=False, timed_out=True)
+
+
+def test_time_limit_restores_the_alarm_handler():
+    def handler(signum, frame):
+        raise AssertionError("must not fire")
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    try:
+        assert is_equivalent(HUGE_EXPONENT, "1", timeout=0.5) is False
+        assert signal.getsignal(signal.SIGALRM) is handler
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    finally:
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_off_the_main_thread_grades_without_a_time_limit():
+    """math-verify's own signal timeouts raise off the main thread; ours step aside."""
+    results = []
+    thread = threading.Thread(target=lambda: results.append(is_equivalent("0.5", r"\frac12")))
+    thread.start()
+    thread.join(60)
+    assert results == [True]
+
+
+def test_explain_shows_the_parsed_forms():
+    info = explain("0.5", r"\frac12")
+    assert info["decided_by"] == "math-verify"
+    assert info["correct"] and not info["timed_out"]
+    assert info["pred_parsed"][0] == info["gold_parsed"][0] == "1/2"
+    assert explain("1", "1")["decided_by"].startswith("fast path")
+
+
+# ---------------------------------------------------------------------------------------------
+# grade / grade_many
+
+
+def test_grade():
+    assert grade(r"... **Final Answer** \boxed{\frac{1}{2}}", "0.5") == GradeResult(
+        r"\frac{1}{2}", True, False
+    )
+    assert grade("I think it is 0.5", "0.5") == GradeResult(None, False, False)
+    assert grade("so 16 - 3 - 4 = 9\n#### 9", "9", "gsm8k") == GradeResult("9", True, False)
+
+
+ITEMS = [
+    (r"\boxed{\frac12}", "0.5", None),
+    (r"\boxed{(0,1)}", "(0,1]", None),
+    ("#### 1,000", "1000", "gsm8k"),
+    ("no answer", "3", None),
+    (r"\boxed{2, 1}", "1, 2", "olympiadbench"),
+    (r"\boxed{-3}", "3", None),
+    (r"\boxed{30^\circ}", "30", None),
+    (r"\boxed{\text{5 cm}}", "5", None),
+]
+EXPECTED = [True, False, True, False, True, False, True, True]
+
+
+def test_grade_many_serial():
+    results = grade_many(ITEMS, workers=1, progress=False)
+    assert [r.correct for r in results] == EXPECTED
+    assert results[3].predicted is None
+    assert grade_many([], workers=2, progress=False) == []
+
+
+def test_grade_many_parallel_equals_serial(capsys):
+    parallel = grade_many(ITEMS * 3, workers=2, progress=True)
+    assert parallel == grade_many(ITEMS * 3, workers=1, progress=False)
+    assert [r.correct for r in parallel] == EXPECTED * 3
+    assert "grading" in capsys.readouterr().err  # the progress bar goes to stderr
+
+
+def test_grade_many_kills_a_stuck_worker_and_goes_on():
+    """The per-item watchdog: with the signal limit (30 s) out of reach, the hard deadline (1 s)
+    kills the worker busy on the huge exponent; the other items still get graded, in order."""
+    items = [
+        (r"\boxed{1}", "1", None),
+        (rf"\boxed{{{HUGE_EXPONENT}}}", "1", None),
+        (r"\boxed{2}", "2", None),
+        (r"\boxed{\frac12}", "0.5", None),
+        (r"\boxed{4}", "5", None),
+    ]
+    results = grade_many(items, workers=2, timeout=30, hard_timeout=1.0, progress=False)
+    assert results == [
+        GradeResult("1", True),
+        GradeResult(HUGE_EXPONENT, False, timed_out=True),
+        GradeResult("2", True),
+        GradeResult(r"\frac12", True),
+        GradeResult("4", False),
+    ]
+
+
+# ---------------------------------------------------------------------------------------------
+# gold_answer
+
+
+@pytest.mark.parametrize(
+    "benchmark,row,expected",
+    [
+        ("math500", {"problem": "p", "answer": r"\left( 3, \frac{\pi}{2} \right)"}, None),
+        ("aime24", {"problem": "p", "answer": "204"}, "204"),
+        ("amc23", {"question": "q", "answer": 27.0}, "27"),
+        ("amc23", {"question": "q", "answer": -1.0}, "-1"),
+        ("amc23", {"question": "q", "answer": 0.5}, "0.5"),
+        ("gsm8k", {"question": "q", "answer": "16 - 3 - 4 = 9\n#### 18"}, "18"),
+        ("gsm8k", {"question": "q", "answer": "so\n#### 1,450,000"}, "1450000"),
+        ("minerva_math", {"problem": "p", "solution": r"s=\boxed{1.6} \mathrm{~cm}"}, "1.6"),
+        ("olympiadbench", {"question": "q", "final_answer": ["2"]}, "2"),
+        ("olympiadbench", {"question": "q", "final_answer": ["$69$", "$84$"]}, "69, 84"),
+        ("olympiadbench", {"final_answer": ["$(1,2), (3,4)$"]}, "(1,2), (3,4)"),
+        ("my_benchmark", {"answer": 7}, "7"),
+    ],
+)
+def test_gold_answer(benchmark, row, expected):
+    assert gold_answer(row, benchmark) == (expected if expected is not None else row["answer"])
+
+
+@pytest.mark.parametrize(
+    "benchmark,row,field",
+    [
+        ("math500", {"problem": "p"}, "answer"),
+        ("aime24", {"problem": "p", "answer": ""}, "answer"),
+        ("amc23", {"question": "q"}, "answer"),
+        ("gsm8k", {"question": "q"}, "answer"),
+        ("minerva_math", {"problem": "p", "answer": "1"}, "solution"),
+        ("olympiadbench", {"question": "q", "answer": "2"}, "final_answer"),
+        ("olympiadbench", {"question": "q", "final_answer": []}, "final_answer"),
+    ],
+)
+def test_gold_answer_missing_field(benchmark, row, field):
+    with pytest.raises(UserError) as info:
+        gold_answer(row, benchmark)
+    assert benchmark in str(info.value) and repr(field) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "benchmark,row,needle",
+    [
+        ("gsm8k", {"answer": "no final line"}, "####"),
+        ("minerva_math", {"solution": "no box"}, "boxed"),
+        ("math500", ["not", "a", "dict"], "JSON object"),
+    ],
+)
+def test_gold_answer_unusable_row(benchmark, row, needle):
+    with pytest.raises(UserError, match=needle):
+        gold_answer(row, benchmark)
+
+
+@pytest.mark.skipif(not BENCH_DIR.is_dir(), reason="local benchmark copies (../shared) absent")
+@pytest.mark.parametrize("benchmark", BENCHMARKS)
+def test_local_benchmark_golds_grade_against_themselves(benchmark):
+    with (BENCH_DIR / benchmark / "test.jsonl").open(encoding="utf-8") as f:
+        rows = [json.loads(next(f)) for _ in range(5)]
+    for row in rows:
+        gold = gold_answer(row, benchmark)
+        assert is_equivalent(gold, gold, fast_path=False), gold
+
+
+# ---------------------------------------------------------------------------------------------
+# CLI
+
+
+def run_cli(capsys, *argv):
+    code = main(["grade", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    "argv,verdict",
+    [
+        ([r"so the answer is \boxed{\frac{1}{2}}.", "0.5"], "true"),
+        (["0.5", r"\frac12"], "true"),  # a bare answer
+        ([r"\boxed{0.6}", "0.5"], "false"),
+        (["It is 18", "18"], "false"),
+        (["It is 18.\n#### 18", "18", "--benchmark", "gsm8k"], "true"),
+        ([r"\boxed{" + HUGE_EXPONENT + "}", "1", "--timeout", "0.5"], "false"),
+    ],
+)
+def test_cli_grade(capsys, argv, verdict):
+    code, out, _ = run_cli(capsys, *argv)
+    assert code == 0
+    assert out == f"{verdict}\n"
+
+
+def test_cli_grade_verbose(capsys):
+    code, out, _ = run_cli(capsys, r"... \boxed{0.5}", r"\frac12", "--verbose")
+    assert code == 0
+    lines = out.strip().splitlines()
+    assert lines[-1] == "true"
+    assert "'0.5'" in lines[0] and "boxed" in lines[0]  # the extracted answer and its source
+    assert "1/2" in out  # the parsed forms
+
+
+def test_cli_grade_bad_timeout(capsys):
+    code, _, err = run_cli(capsys, "1", "1", "--timeout", "0")
+    assert code == 2
+    assert "--timeout" in err and "Traceback" not in err
