@@ -224,6 +224,11 @@ COMMANDS = {
         run_grade,
         "check one answer (or a response's last \\boxed{} answer) against a gold answer",
     ),
+    "eval": (
+        add_eval_args,
+        run_eval,
+        "run a budget sweep over benchmarks and methods; write results, table and plots",
+    ),
 }
 
 
