@@ -165,6 +165,101 @@ def test_engine_refuses_bad_params_and_keeps_serving(vllm_backend, vllm, spec, p
 
 
 # --------------------------------------------------------------------------------------------
+# The processor on its own, driven step by step the way the V1 model runner drives it: requests
+# are added, finish (removed), are condensed (one-way moves), swapped (attention backends that
+# reorder decodes first do this on GPU) and re-added after preemption with tokens already out.
+
+FILLER = 28  # an ordinary token the stand-in "model" always prefers
+
+
+def test_processor_follows_requests_through_batch_changes(
+    processor_cls, spec, tokenizer, prepared_model
+):
+    import torch
+    from vllm import SamplingParams
+    from vllm.config import ModelConfig, VllmConfig
+    from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+
+    config = VllmConfig(model_config=ModelConfig(model=str(prepared_model), dtype="float32"))
+    processor = processor_cls(config, torch.device("cpu"), False)
+    assert processor.spec == spec
+    assert not processor.is_argmax_invariant()
+    vocab = config.model_config.get_vocab_size()
+    assert vocab > max(spec.token_ids) and FILLER not in spec.level_of
+
+    tip40 = tokenizer.encode(
+        render_prompt(tokenizer, LONG_PROMPTS[0], 40, "control", spec.parsed_mode),
+        add_special_tokens=False,
+    )
+    plain_prompt = [1, 2, 3]
+    settings = {  # request → (settings whose plan it must follow, extra_args, prompt)
+        "a": (BudgetSettings(budget=16), {"budget": 16}, plain_prompt),
+        "b": (BudgetSettings(budget=24), {"budget": 24}, plain_prompt),
+        "c": (None, {"force": 0}, tip40),
+        "d": (BudgetSettings(budget=40), None, tip40),  # budget from the prompt's tip
+        "e": (BudgetSettings(budget=16, two_stage=True), {"budget": 16, "two_stage": 1}, []),
+    }
+    outputs = {name: [] for name in settings}
+    slots: dict[int, str] = {}
+
+    def added(index: int, name: str):
+        _, extra, prompt = settings[name]
+        slots[index] = name
+        return (index, SamplingParams(extra_args=extra), prompt, outputs[name])
+
+    def step(removed=(), add=(), moved=(), steps=1):
+        update = BatchUpdate(len(slots), removed, add, moved)
+        for k in range(steps):
+            processor.update_state(update if k == 0 else None)
+            # Exactly the rows of requests with a budget are tracked (no stale rows).
+            assert set(processor.rows) == {i for i, n in slots.items() if settings[n][0]}
+            logits = torch.zeros(len(slots), vocab)
+            logits[:, FILLER] = 1.0
+            before = logits.clone()
+            result = processor.apply(logits)
+            for index, name in slots.items():
+                row = result[index]
+                if torch.equal(row, before[index]):
+                    outputs[name].append(FILLER)
+                else:  # forced: one finite entry, 0.0, everything else -inf
+                    finite = torch.isfinite(row).nonzero().flatten().tolist()
+                    assert len(finite) == 1 and row[finite[0]] == 0.0
+                    outputs[name].append(finite[0])
+
+    step(add=[added(0, "a"), added(1, "b"), added(2, "c"), added(3, "d")], steps=10)
+    # Swap rows 0 and 1.
+    slots[0], slots[1] = slots[1], slots[0]
+    step(moved=[(0, 1, MoveDirectionality.SWAP)], steps=7)
+    # "c" (row 2) finishes; the last row moves into the hole (condense).
+    del slots[2]
+    slots[2] = slots.pop(3)
+    step(removed=[2], moved=[(3, 2, MoveDirectionality.UNIDIRECTIONAL)], steps=9)
+    # "e" is admitted with 5 tokens already generated (resumed after preemption) and "a" is
+    # preempted; its row is replaced in the same update.
+    outputs["e"].extend(simulate(settings["e"][0].plan(spec), [FILLER] * 5))
+    del slots[1]
+    step(removed=[1], add=[added(1, "e")], steps=25)
+    # "d", the last row, finishes: the batch just shrinks.
+    del slots[2]
+    step(removed=[2], steps=2)
+
+    for name, (budget_settings, _, _) in settings.items():
+        out = outputs[name]
+        if budget_settings is None:
+            assert out == [FILLER] * len(out)
+        else:
+            assert out == simulate(budget_settings.plan(spec), [FILLER] * len(out)), name
+    # The runs are long enough that every request was forced after every batch change.
+    lengths = {name: len(out) for name, out in outputs.items()}
+    assert lengths == {"a": 26, "b": 53, "c": 17, "d": 51, "e": 32}
+    assert len(control_tokens(spec, outputs["a"])) == 6  # interval 3: 3, 7, …, 23
+    assert len(control_tokens(spec, outputs["b"])) == 7  # interval 4: 4, 9, …, 34
+    assert len(control_tokens(spec, outputs["d"])) == 7  # interval 6: 6, 13, …, 48
+    cap = thinking_cap(16)
+    assert outputs["e"][cap : cap + len(spec.suffix_ids["eval"])] == list(spec.suffix_ids["eval"])
+
+
+# --------------------------------------------------------------------------------------------
 # One mixed batch: per-request budgets, a request without a budget, rows finishing at different
 # times (batch condensation moves rows) and more requests than engine slots (late admissions).
 
@@ -213,6 +308,25 @@ def test_mixed_batch_per_request_budgets(vllm_backend, vllm, spec, prompt_ids):
         # Before the first forced position nothing differs from the untouched run.
         first = expected[0][0]
         assert out[:first] == by_key[(p, None)][:first]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="VLLMBackend starts the engine with vLLM's default logprobs_mode='raw_logprobs', so "
+    "logprobs are taken before the processor runs; SPEC §2 wants those of the forced "
+    "distribution (fix: logprobs_mode='processed_logprobs')",
+)
+def test_forced_tokens_report_logprobs_of_the_forced_distribution(
+    vllm_backend, vllm, spec, prompt_ids
+):
+    result = generate(
+        vllm_backend,
+        [prompt_ids[0]],
+        [params(vllm, 12, {"budget": 24}, ignore_eos=True, logprobs=0)],
+    )[0].outputs[0]
+    forced = [(i, t) for i, t in enumerate(result.token_ids) if t in spec.level_of]
+    assert [i for i, _ in forced] == [4, 9]
+    assert [result.logprobs[i][t].logprob for i, t in forced] == [0.0, 0.0]
 
 
 # --------------------------------------------------------------------------------------------
