@@ -202,6 +202,11 @@ class VLLMBackend:
 
         from budgetthinker.patches.vllm_logits_processor import BudgetForcingProcessor
 
+        # Report logprobs of the distribution actually sampled from (after forcing), SPEC §2;
+        # vLLM's default reports them before logits processors run.
+        engine_kwargs.setdefault("logprobs_mode", "processed_logprobs")
+        self.spec = load_spec(model_dir) if has_spec(model_dir) else None
+
         self.llm = LLM(
             model=str(model_dir),
             seed=seed,
@@ -223,6 +228,9 @@ class VLLMBackend:
     ) -> list[list[int]]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
+
+        for s in settings:  # the engine can only warn about a budget unfit for the mode
+            s.plan(self.spec)
 
         params = [
             SamplingParams(

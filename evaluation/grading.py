@@ -486,26 +486,65 @@ def grade_many(
             replaced, and its item is marked `timed_out=True`, `correct=False`.
         fast_path (`bool`, *optional*, defaults to `True`): see `is_equivalent`.
     """
-    from tqdm import tqdm
+    with Grader(workers, timeout, hard_timeout=hard_timeout, fast_path=fast_path) as grader:
+        return grader.grade_many(items, progress=progress)
 
-    items = list(items)
-    bar = tqdm(
-        total=len(items), desc="grading", unit="answer", file=sys.stderr, disable=not progress
-    )
-    with bar:
-        if workers <= 1 or not items:
-            results = []
-            for response, gold, benchmark in items:
-                results.append(grade(response, gold, benchmark, timeout, fast_path=fast_path))
-                bar.update()
-            return results
-        _math_verify()  # fail here, with the install hint, rather than in every worker
-        deadline = hard_timeout if hard_timeout is not None else 2 * timeout + 5
-        pool = _Pool(min(workers, len(items)), timeout, fast_path)
-        try:
-            return pool.run(items, deadline, bar)
-        finally:
-            pool.close()
+
+class Grader:
+    """Grading workers kept alive across calls: the evaluation runner grades chunk after chunk,
+    and starting workers (spawn + importing sympy) costs seconds each time.
+
+    Use as a context manager; `grade_many` takes the same items as the module-level function.
+    Workers start on first use.
+    """
+
+    def __init__(
+        self,
+        workers: int = 2,
+        timeout: float = 5.0,
+        *,
+        hard_timeout: float | None = None,
+        fast_path: bool = True,
+    ) -> None:
+        self.workers = workers
+        self.timeout = timeout
+        self.deadline = hard_timeout if hard_timeout is not None else 2 * timeout + 5
+        self.fast_path = fast_path
+        self._pool: _Pool | None = None
+
+    def grade_many(
+        self, items: Sequence[tuple[str, str, str | None]], progress: bool = False
+    ) -> list[GradeResult]:
+        from tqdm import tqdm
+
+        items = list(items)
+        bar = tqdm(
+            total=len(items), desc="grading", unit="answer", file=sys.stderr, disable=not progress
+        )
+        with bar:
+            if self.workers <= 1 or not items:
+                results = []
+                for response, gold, benchmark in items:
+                    results.append(
+                        grade(response, gold, benchmark, self.timeout, fast_path=self.fast_path)
+                    )
+                    bar.update()
+                return results
+            if self._pool is None:
+                _math_verify()  # fail here, with the install hint, rather than in every worker
+                self._pool = _Pool(self.workers, self.timeout, self.fast_path)
+            return self._pool.run(items, self.deadline, bar)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+
+    def __enter__(self) -> Grader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 _READY = "ready"
@@ -575,6 +614,9 @@ class _Pool:
             w.kill()
             self.workers[self.workers.index(w)] = _Worker(self.ctx, *self.args)
 
+        for w in self.workers:  # workers left idle by an earlier call
+            if w.ready and w.index is None and todo:
+                give_work(w)
         while left:
             now = time.monotonic()
             for w in list(self.workers):

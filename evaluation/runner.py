@@ -101,10 +101,15 @@ def run_eval(cfg: EvalConfig) -> Path:
         file=sys.stderr,
     )
     if pending:
+        from budgetthinker.evaluation.grading import Grader
+
         backend = _make_backend(cfg, model_dir, pending)
-        with tqdm(total=len(pending), desc="generate+grade", unit="sample") as bar:
+        with (
+            Grader(cfg.grading.workers, cfg.grading.timeout) as grader,
+            tqdm(total=len(pending), desc="generate+grade", unit="sample") as bar,
+        ):
             for chunk in _chunks(pending, cfg):
-                results.append(_run_chunk(chunk, cfg, backend, tokenizer, spec))
+                results.append(_run_chunk(chunk, cfg, backend, grader, tokenizer, spec))
                 bar.update(len(chunk))
 
     from budgetthinker.evaluation.report import write_report
@@ -165,9 +170,9 @@ def _make_backend(cfg: EvalConfig, model_dir: str, pending: list[Request]):
     )
 
 
-def _run_chunk(chunk: list[Request], cfg: EvalConfig, backend, tokenizer, spec) -> list[dict]:
-    from budgetthinker.evaluation.grading import grade_many
-
+def _run_chunk(
+    chunk: list[Request], cfg: EvalConfig, backend, grader, tokenizer, spec
+) -> list[dict]:
     kwargs = {"temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p}
     if backend.name == "hf":
         kwargs["batch_size"] = cfg.batch_size
@@ -180,11 +185,8 @@ def _run_chunk(chunk: list[Request], cfg: EvalConfig, backend, tokenizer, spec) 
     )
     seconds = (time.perf_counter() - start) / len(chunk)
     texts = [tokenizer.decode(o, skip_special_tokens=False) for o in outputs]
-    grades = grade_many(
-        [(t, r.problem.answer, r.problem.benchmark) for t, r in zip(texts, chunk, strict=True)],
-        workers=cfg.grading.workers,
-        timeout=cfg.grading.timeout,
-        progress=False,
+    grades = grader.grade_many(
+        [(t, r.problem.answer, r.problem.benchmark) for t, r in zip(texts, chunk, strict=True)]
     )
     records = []
     for request, output, text, grade in zip(chunk, outputs, texts, grades, strict=True):

@@ -310,12 +310,6 @@ def test_mixed_batch_per_request_budgets(vllm_backend, vllm, spec, prompt_ids):
         assert out[:first] == by_key[(p, None)][:first]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="VLLMBackend starts the engine with vLLM's default logprobs_mode='raw_logprobs', so "
-    "logprobs are taken before the processor runs; SPEC §2 wants those of the forced "
-    "distribution (fix: logprobs_mode='processed_logprobs')",
-)
 def test_forced_tokens_report_logprobs_of_the_forced_distribution(
     vllm_backend, vllm, spec, prompt_ids
 ):
@@ -442,3 +436,11 @@ def test_prompt_tip_fallback(vllm_backend, vllm, spec, tokenizer):
     # No tip, no extra_args: untouched.
     assert control_tokens(spec, outs["no_tip"]) == []
     assert outs["no_tip"] == outs["no_tip_off"]
+
+
+def test_budget_unfit_for_mode_is_refused_before_submitting(vllm_backend, prompt_ids):
+    # The engine-side processor can only warn; the backend checks against the model's mode.
+    from budgetthinker.errors import UserError
+
+    with pytest.raises(UserError, match="at least 8"):
+        vllm_backend.generate([prompt_ids[0]], [BudgetSettings(budget=5)], [10])
