@@ -77,8 +77,12 @@ def check_setup(cfg: EvalConfig, spec: ControlSpec | None, model_dir: str) -> li
     return methods
 
 
-def run_eval(cfg: EvalConfig) -> Path:
-    """Run (or resume) the experiment; return its output folder."""
+def run_eval(cfg: EvalConfig, backend=None) -> Path:
+    """Run (or resume) the experiment; return its output folder.
+
+    `backend`: an already started `HFBackend`/`VLLMBackend` for `cfg.model` to reuse (tests and
+    notebooks start one engine and run several experiments on it).
+    """
     model_dir = resolve_model(cfg.model)
     spec = load_spec(model_dir) if has_spec(model_dir) else None
     methods = check_setup(cfg, spec, model_dir)
@@ -103,7 +107,9 @@ def run_eval(cfg: EvalConfig) -> Path:
     if pending:
         from budgetthinker.evaluation.grading import Grader
 
-        backend = _make_backend(cfg, model_dir, pending)
+        backend = backend or _make_backend(cfg, model_dir, pending)
+        if backend.name != cfg.backend:
+            raise ValueError(f"backend {backend.name!r} passed for a {cfg.backend!r} config")
         with (
             Grader(cfg.grading.workers, cfg.grading.timeout) as grader,
             tqdm(total=len(pending), desc="generate+grade", unit="sample") as bar,
