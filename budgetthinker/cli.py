@@ -109,9 +109,12 @@ def run_generate(args: argparse.Namespace) -> int:
         backend = VLLMBackend(model_dir, seed=args.seed, max_model_len=len(prompt_ids) + max_new)
     else:
         backend = HFBackend(model_dir, seed=args.seed)
-    [output] = backend.generate(
-        [prompt_ids], [settings], [max_new], temperature=args.temperature, top_p=args.top_p
-    )
+    try:
+        [output] = backend.generate(
+            [prompt_ids], [settings], [max_new], temperature=args.temperature, top_p=args.top_p
+        )
+    finally:
+        backend.close()
     info = analyse(output, spec, plan)
     text = tokenizer.decode(output, skip_special_tokens=False)
     if args.json:
@@ -152,10 +155,17 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def add_eval_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", default="configs/eval/default.yaml",
-                        help="evaluation recipe (YAML); default: configs/eval/default.yaml")
-    parser.add_argument("overrides", nargs="*", metavar="key=value",
-                        help="override recipe keys, e.g. budgets=[100,250] data.limit=50")
+    parser.add_argument(
+        "--config",
+        default="configs/eval/default.yaml",
+        help="evaluation recipe (YAML); default: configs/eval/default.yaml",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="key=value",
+        help="override recipe keys, e.g. budgets=[100,250] data.limit=50",
+    )
 
 
 def run_eval(args: argparse.Namespace) -> int:

