@@ -1,0 +1,1 @@
+"""SFT stage: control-token trace data, weighted special-token loss, LLaMA-Factory launcher."""
