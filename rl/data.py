@@ -1,0 +1,134 @@
+"""RL problems: parquet or JSONL files with a problem and an answer column, or synthetic ones.
+
+The release data (`train_RL.parquet`, `math500_RL.parquet`) has columns `problem` and `answer`, and
+its problems already start with the system line; it is stripped here so that the one prompt
+function (`budgetthinker.prompts.user_content`) adds it exactly once, with the budget tip.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from budgetthinker.control_spec import Mode
+from budgetthinker.errors import UserError
+from budgetthinker.prompts import SYSTEM_LINE, user_content
+from budgetthinker.synthetic import synthetic_problems
+
+
+@dataclass
+class SyntheticRLConfig:
+    n: int = 16
+    seed: int = 0
+    steps: int = 2
+
+
+@dataclass
+class RLDataConfig:
+    """Where the RL problems come from; empty `train_files` → synthetic problems.
+
+    Args:
+        train_files (`list[str]`): parquet or JSONL files.
+        val_files (`list[str]`): validation files (empty: no validation).
+        problem_key (`str`, *optional*, defaults to `"problem"`): column with the problem text.
+        answer_key (`str`, *optional*, defaults to `"answer"`): column with the gold answer.
+        limit (`int`, *optional*): use only the first `limit` rows of each split.
+    """
+
+    train_files: list[str] = field(default_factory=list)
+    val_files: list[str] = field(default_factory=list)
+    problem_key: str = "problem"
+    answer_key: str = "answer"
+    limit: int | None = None
+    synthetic: SyntheticRLConfig = field(default_factory=SyntheticRLConfig)
+
+
+@dataclass(frozen=True)
+class RLProblem:
+    problem: str  # without the system line
+    answer: str
+
+
+def load_split(cfg: RLDataConfig, split: str = "train") -> list[RLProblem]:
+    """Problems of `split` ("train" or "val")."""
+    files = cfg.train_files if split == "train" else cfg.val_files
+    if not files:
+        if split != "train":
+            return []
+        syn = cfg.synthetic
+        rows = [
+            RLProblem(p.question, p.answer)
+            for p in synthetic_problems(syn.n, seed=syn.seed, num_steps=syn.steps)
+        ]
+    else:
+        rows = [r for f in files for r in read_file(f, cfg.problem_key, cfg.answer_key)]
+    return rows[: cfg.limit] if cfg.limit is not None else rows
+
+
+def read_file(
+    path: str, problem_key: str = "problem", answer_key: str = "answer"
+) -> list[RLProblem]:
+    """Rows of one parquet or JSONL file; a missing column or empty value is a `UserError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"RL data file {path} does not exist; set data.train_files / val_files")
+    if p.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(p)
+        columns = table.column_names
+        _check_columns(path, columns, problem_key, answer_key)
+        rows = table.select([problem_key, answer_key]).to_pylist()
+    elif p.suffix in (".jsonl", ".json"):
+        rows = []
+        for n, line in enumerate(p.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n} is not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise UserError(
+                    f"{path}:{n} must be a JSON object with {problem_key!r} and {answer_key!r}"
+                )
+            _check_columns(f"{path}:{n}", list(row), problem_key, answer_key)
+            rows.append(row)
+    else:
+        raise UserError(f"RL data file {path} must be .parquet or .jsonl")
+    out = []
+    for n, row in enumerate(rows, start=1):
+        problem, answer = row[problem_key], row[answer_key]
+        if problem is None or answer is None or str(problem).strip() == "":
+            raise UserError(
+                f"{path}: row {n} has an empty {problem_key!r} or {answer_key!r}; "
+                "remove the row or fix the file"
+            )
+        out.append(RLProblem(strip_system_line(str(problem)), _answer_text(answer)))
+    return out
+
+
+def strip_system_line(problem: str) -> str:
+    return problem[len(SYSTEM_LINE) :] if problem.startswith(SYSTEM_LINE) else problem
+
+
+def rl_user_content(problem: str, budget: int, mode: Mode, tip: str = "control") -> str:
+    """The user turn of an RL prompt: system line + problem + tip for the batch's budget."""
+    return user_content(strip_system_line(problem), budget, tip, mode)
+
+
+def _answer_text(value: object) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _check_columns(where: str, columns: list[str], problem_key: str, answer_key: str) -> None:
+    missing = [k for k in (problem_key, answer_key) if k not in columns]
+    if missing:
+        raise UserError(
+            f"{where} has no {' or '.join(repr(m) for m in missing)} column (it has: "
+            f"{', '.join(columns) or 'none'}); rename the column or set data.problem_key / "
+            "data.answer_key"
+        )
