@@ -15,6 +15,7 @@ import torch
 from transformers import LogitsProcessor
 
 from budgetthinker.forcing import FREE, Forcer, ForcingPlan
+from budgetthinker.patches.masking import force_tokens
 
 
 class BudgetForcingLogitsProcessor(LogitsProcessor):
@@ -54,9 +55,4 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
             if t != FREE:
                 rows.append(i)
                 tokens.append(t)
-        if rows:
-            r = torch.tensor(rows, device=scores.device)
-            t = torch.tensor(tokens, device=scores.device)
-            scores[r] = float("-inf")
-            scores[r, t] = 0.0
-        return scores
+        return force_tokens(scores, rows, tokens)

@@ -35,6 +35,7 @@ from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDi
 from budgetthinker.control_spec import ControlSpec, has_spec, load_spec
 from budgetthinker.errors import UserError
 from budgetthinker.forcing import FREE, Forcer, make_plan
+from budgetthinker.patches.masking import force_tokens
 from budgetthinker.prompts import budget_from_prompt
 
 logger = logging.getLogger(__name__)
@@ -153,9 +154,4 @@ class BudgetForcingProcessor(LogitsProcessor):
             if token != FREE:
                 forced_rows.append(index)
                 forced_tokens.append(token)
-        if forced_rows:
-            r = torch.tensor(forced_rows, device=logits.device)
-            t = torch.tensor(forced_tokens, device=logits.device)
-            logits[r] = float("-inf")
-            logits[r, t] = 0.0
-        return logits
+        return force_tokens(logits, forced_rows, forced_tokens)
