@@ -414,7 +414,7 @@ def _math_verify() -> Any:
         except ImportError as e:
             raise UserError(
                 "grading needs math-verify: pip install -e '.[eval]' "
-                f"(math-verify[antlr4_9_3]==0.9.0); import failed with: {e}"
+                f"(math-verify==0.9.0 with antlr4-python3-runtime==4.9.3); import failed with: {e}"
             ) from None
         for name in ("math_verify.parser", "math_verify.grader"):
             logging.getLogger(name).addFilter(_mute_timeout_disabled)
