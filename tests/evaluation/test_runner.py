@@ -139,3 +139,52 @@ def test_resume_after_kill(tmp_path, prepared_model):
     assert lines[: len(saved)] == saved  # finished samples kept as they were
     keys = [record_key(json.loads(line)) for line in lines]
     assert len(keys) == len(set(keys)) == 6  # nothing lost, nothing repeated
+
+
+def test_sampling_several_samples(tmp_path, hf_backend):
+    cfg = tiny(
+        tmp_path,
+        "budgets=[16]",
+        "data.synthetic.n=2",
+        "methods=[control]",
+        "sampling.temperature=0.9",
+        "sampling.n=3",
+    )
+    records = read(run_eval(cfg, backend=hf_backend))
+    assert sorted((r["problem_id"], r["sample"]) for r in records) == [
+        (f"synthetic-0-{i}", s) for i in range(2) for s in range(3)
+    ]
+    summary = (tmp_path / "default" / "summary.csv").read_text().splitlines()
+    assert summary[1].split(",")[6:8] == ["2", "6"]  # problems, samples
+
+
+def test_hub_dataset_offline_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="could not load the Hugging Face dataset 'nobody/none'"):
+        run_eval(tiny(tmp_path, "data.benchmarks=[nobody/none]"))
+
+
+LAUNCHER = REPO / "evaluation" / "Eval.sh"
+VENV_CLI = REPO / ".venv" / "bin" / "budgetthinker"
+
+
+@pytest.mark.skipif(not VENV_CLI.exists(), reason="Eval.sh runs the repository's .venv")
+def test_eval_sh_with_original_variables(tmp_path, prepared_model):
+    env = {
+        **os.environ,
+        "remaining": "default",  # original variables: no forcing, prompt_v2 tip, one stage
+        "tip": "prompt_v2",
+        "stage": "1",
+        "budget": "16",
+    }
+    proc = subprocess.run(
+        ["bash", str(LAUNCHER), f"output_dir={tmp_path}", "data.synthetic.n=2", "experiment=sh"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = read(tmp_path / "sh")
+    assert {(r["method"], r["budget"], r["two_stage"]) for r in records} == {
+        ("prompt_v2", 16, False)
+    }
+    assert "| prompt_v2 | synthetic | 16 |" in proc.stdout
