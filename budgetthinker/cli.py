@@ -11,6 +11,7 @@ import json
 import sys
 
 from budgetthinker.errors import UserError
+from budgetthinker.sft import cli as _sft_cli
 
 
 def _budget(text: str) -> int:
@@ -238,6 +239,21 @@ COMMANDS = {
         add_eval_args,
         run_eval,
         "run a budget sweep over benchmarks and methods; write results, table and plots",
+    ),
+    "sft-traces": (
+        _sft_cli.add_traces_args,
+        _sft_cli.run_traces,
+        "write synthetic reasoning traces (JSONL) for the embedded SFT pipeline",
+    ),
+    "sft-data": (
+        _sft_cli.add_data_args,
+        _sft_cli.run_data,
+        "build the SFT dataset: control tokens inserted into reasoning traces (LLaMA-Factory)",
+    ),
+    "sft": (
+        _sft_cli.add_sft_args,
+        _sft_cli.run_sft,
+        "SFT with LLaMA-Factory and the weighted special-token loss (sft environment)",
     ),
 }
 

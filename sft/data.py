@@ -1,0 +1,388 @@
+"""SFT data: reasoning traces → LLaMA-Factory rows with control tokens in the thinking (SPEC §4).
+
+For each trace: the thinking is the text between `<think>` and the first `</think>` (stripped);
+it is tokenized with the prepared model's tokenizer (no special tokens added) → length L; the
+budget B follows the rule (`v1`: (L // 50 + 1)·50, `v2`: the smallest bin strictly above L); the
+thinking tokens are split into chunks of `delta = B // N + 1` tokens (countdown modes: S tokens)
+and the control tokens (N−1)/N … 1/N are inserted after chunks 0 … N−2 — all of them, trailing
+chunks may be empty. The prompt is the user turn with the tip for B (`prompts.user_content`), the
+answer `"<think>\\n" + thinking with tokens + "\\n</think>\\n**Final Answer**\\boxed{…}"`.
+
+The thinking is cut at the character offsets of token boundaries (the tokenizer's offset mapping),
+never decoded back from ids, so the text between control tokens is exactly the original text.
+Token strings and the mode come only from the model's control-token spec.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from budgetthinker.control_spec import THINK_END, THINK_START, ControlSpec, Mode
+from budgetthinker.errors import UserError
+from budgetthinker.forcing import schedule
+from budgetthinker.prompts import user_content
+
+V2_BINS = (100, 250, 500, 750, 1000, 1250, 1500, *range(2000, 10001, 500))
+BUDGET_RULES = ("v1", "v2")
+FORMATS = ("alpaca", "sharegpt")
+DEFAULT_NAME = "8ratio_SFT_below10000"
+
+QUESTION_KEYS = ("question", "problem", "prompt", "instruction", "query")
+RESPONSE_KEYS = ("response", "output", "completion", "generation")
+THINKING_KEYS = ("thinking", "reasoning", "cot")
+ANSWER_KEYS = ("answer", "final_answer", "solution")
+
+# Reasons a trace is dropped (stats keys).
+DROP_REASONS = {
+    "bad_json": "line is not a JSON object",
+    "no_question": f"no question field ({', '.join(QUESTION_KEYS)})",
+    "no_response": f"no response ({', '.join(RESPONSE_KEYS)}) or thinking field",
+    "no_think_end": f"response has no {THINK_END}",
+    "empty_thinking": "thinking is empty",
+    "no_answer": "no final answer (\\boxed{} after </think>, or an answer field)",
+    "too_long": "thinking longer than --max-thinking tokens",
+    "no_budget": "no budget for this length (v2 bins end at 10000; mode's budget range)",
+}
+
+
+def budget_for(length: int, rule: str) -> int | None:
+    """Budget B for a thinking of `length` tokens; None if the rule has no budget for it.
+
+    >>> budget_for(0, "v1"), budget_for(49, "v1"), budget_for(50, "v1")
+    (50, 50, 100)
+    >>> budget_for(99, "v2"), budget_for(100, "v2"), budget_for(2100, "v2"), budget_for(10000, "v2")
+    (100, 250, 2500, None)
+    """
+    if rule == "v1":
+        return (length // 50 + 1) * 50
+    if rule == "v2":
+        return next((b for b in V2_BINS if b > length), None)
+    raise UserError(f"unknown budget rule {rule!r}; use v1 or v2")
+
+
+def insertion_points(mode: Mode, budget: int, length: int) -> list[tuple[int, int]]:
+    """`[(token_index, level), …]`: the control token of `level` goes before thinking token
+    `token_index` (== length: at the end). Ratio mode: levels N−1 … 1 after every `delta`
+    tokens; countdown: B−S … S after every S tokens (B rounded down to a multiple of S).
+
+    >>> from budgetthinker.control_spec import parse_mode
+    >>> insertion_points(parse_mode("8ratio"), 100, 30)
+    [(13, 7), (26, 6), (30, 5), (30, 4), (30, 3), (30, 2), (30, 1)]
+    """
+    interval, first_level = schedule(mode, budget)
+    return [(min(k * interval, length), first_level + 1 - k) for k in range(1, first_level + 1)]
+
+
+def insert_tokens(text: str, ends: list[int], points: list[tuple[int, int]], mode: Mode) -> str:
+    """Insert control-token strings into `text`; `ends[i]` is the end character offset of
+    thinking token i. A token going before token index p is placed at `ends[p - 1]`."""
+    pieces, last = [], 0
+    for index, level in points:
+        at = len(text) if index >= len(ends) else ends[index - 1]
+        pieces.append(text[last:at])
+        pieces.append(mode.token_string(level))
+        last = at
+    pieces.append(text[last:])
+    return "".join(pieces)
+
+
+@dataclass
+class Trace:
+    """One input row, normalised: the question, the thinking (None: no `</think>`) and the
+    final answer (content of the `\\boxed{}`)."""
+
+    question: str
+    thinking: str | None
+    answer: str | None
+    id: str = ""
+
+
+def _first(row: dict, keys: Iterable[str]) -> str | None:
+    for key in keys:
+        value = row.get(key)
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and str(value):
+            return str(value)
+    return None
+
+
+def parse_trace(row: object) -> Trace | str:
+    """A JSON row → Trace, or the drop reason (a DROP_REASONS key)."""
+    from budgetthinker.evaluation.grading import extract_boxed
+
+    if not isinstance(row, dict):
+        return "bad_json"
+    question = _first(row, QUESTION_KEYS)
+    if question is None:
+        return "no_question"
+    answer_field = _first(row, ANSWER_KEYS)
+    thinking = _first(row, THINKING_KEYS)
+    response = _first(row, RESPONSE_KEYS)
+    if response is None and thinking is None and answer_field and THINK_END in answer_field:
+        response, answer_field = answer_field, None  # {"question", "answer": "<think>…"} rows
+    if thinking is not None:
+        tail = response or ""
+        thinking = (
+            thinking.replace(THINK_START, "", 1)
+            if thinking.lstrip().startswith(THINK_START)
+            else thinking
+        )
+    elif response is not None:
+        head, sep, tail = response.partition(THINK_END)
+        if not sep:
+            return "no_think_end"
+        start = head.find(THINK_START)
+        thinking = head[start + len(THINK_START) :] if start >= 0 else head
+    else:
+        return "no_response"
+    thinking = thinking.strip()
+    if not thinking:
+        return "empty_thinking"
+    answer = extract_boxed(tail) if tail else None
+    if answer is None and answer_field is not None:
+        answer = extract_boxed(answer_field) or answer_field.strip()
+    if not answer:
+        return "no_answer"
+    return Trace(
+        question=question.strip(), thinking=thinking, answer=answer, id=str(row.get("id", ""))
+    )
+
+
+@dataclass
+class Stats:
+    read: int = 0
+    kept: int = 0
+    dropped: Counter = field(default_factory=Counter)
+    budgets: Counter = field(default_factory=Counter)
+    thinking_tokens: int = 0
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "read": self.read,
+            "kept": self.kept,
+            "dropped": dict(sorted(self.dropped.items())),
+            "dropped_total": sum(self.dropped.values()),
+            "budget_histogram": {str(b): n for b, n in sorted(self.budgets.items())},
+            "mean_thinking_tokens": round(self.thinking_tokens / self.kept, 1) if self.kept else 0,
+            "seconds": round(self.seconds, 3),
+            "rows_per_second": round(self.read / self.seconds, 1) if self.seconds else None,
+        }
+
+    def summary(self) -> str:
+        d = self.to_json()
+        lines = [
+            f"rows read {d['read']} · kept {d['kept']} · dropped {d['dropped_total']} · "
+            f"{d['rows_per_second']} rows/s · mean thinking {d['mean_thinking_tokens']} tokens"
+        ]
+        lines += [f"  dropped {n}: {k} ({DROP_REASONS[k]})" for k, n in d["dropped"].items()]
+        lines.append(
+            "  budget histogram: "
+            + ", ".join(f"{b}: {n}" for b, n in d["budget_histogram"].items())
+            if d["budget_histogram"]
+            else "  budget histogram: (empty)"
+        )
+        return "\n".join(lines)
+
+
+class TraceBuilder:
+    """Turns traces into SFT rows for one prepared model (its tokenizer and spec)."""
+
+    def __init__(
+        self,
+        tokenizer,
+        spec: ControlSpec,
+        budget_rule: str = "v2",
+        max_thinking: int = 10000,
+        fmt: str = "alpaca",
+    ):
+        if budget_rule not in BUDGET_RULES:
+            raise UserError(f"unknown budget rule {budget_rule!r}; use v1 or v2")
+        if fmt not in FORMATS:
+            raise UserError(f"unknown format {fmt!r}; use alpaca or sharegpt")
+        if max_thinking <= 0:
+            raise UserError(f"--max-thinking must be positive, got {max_thinking}")
+        if not getattr(tokenizer, "is_fast", False):
+            raise UserError("the SFT data builder needs a fast tokenizer (offset mapping)")
+        self.tokenizer, self.spec, self.mode = tokenizer, spec, spec.parsed_mode
+        self.budget_rule, self.max_thinking, self.fmt = budget_rule, max_thinking, fmt
+        self.stats = Stats()
+
+    def build(self, traces: list[Trace]) -> list[dict]:
+        """Rows for a batch of parsed traces (tokenized in one call); drops are counted."""
+        if not traces:
+            return []
+        # The Rust tokenizer directly (batched, multi-threaded): transformers' wrapper would
+        # convert every offset to Python once more.
+        encodings = self.tokenizer.backend_tokenizer.encode_batch(
+            [t.thinking for t in traces], add_special_tokens=False
+        )
+        rows = []
+        for trace, encoding in zip(traces, encodings, strict=True):
+            offsets = encoding.offsets
+            length = len(offsets)
+            if length > self.max_thinking:
+                self.stats.dropped["too_long"] += 1
+                continue
+            budget = budget_for(length, self.budget_rule)
+            if budget is None or not self._budget_ok(budget):
+                self.stats.dropped["no_budget"] += 1
+                continue
+            points = insertion_points(self.mode, budget, length)
+            thinking = insert_tokens(trace.thinking, [end for _, end in offsets], points, self.mode)
+            rows.append(self._row(trace, budget, thinking))
+            self.stats.kept += 1
+            self.stats.budgets[budget] += 1
+            self.stats.thinking_tokens += length
+        return rows
+
+    def _budget_ok(self, budget: int) -> bool:
+        try:
+            self.mode.check_budget(budget)
+        except UserError:
+            return False
+        return True
+
+    def _row(self, trace: Trace, budget: int, thinking: str) -> dict:
+        prompt = user_content(trace.question, budget, "control", self.mode)
+        answer = (
+            f"{THINK_START}\n{thinking}\n{THINK_END}\n**Final Answer**\\boxed{{{trace.answer}}}"
+        )
+        if self.fmt == "sharegpt":
+            row = {
+                "conversations": [
+                    {"from": "human", "value": prompt},
+                    {"from": "gpt", "value": answer},
+                ]
+            }
+        else:
+            row = {"instruction": prompt, "input": "", "output": answer}
+        row["budget"] = budget
+        if trace.id:
+            row["id"] = trace.id
+        return row
+
+    def run(self, rows: Iterable[object], batch_size: int = 512) -> Iterator[dict]:
+        """Parse, tokenize in batches and yield output rows; `self.stats` is filled as it goes."""
+        start = time.perf_counter()
+        batch: list[Trace] = []
+        for raw in rows:
+            self.stats.read += 1
+            trace = parse_trace(raw)
+            if isinstance(trace, str):
+                self.stats.dropped[trace] += 1
+                continue
+            batch.append(trace)
+            if len(batch) >= batch_size:
+                yield from self.build(batch)
+                batch = []
+        yield from self.build(batch)
+        self.stats.seconds = time.perf_counter() - start
+
+
+def read_jsonl(path: str | os.PathLike) -> Iterator[object]:
+    """Rows of a JSONL file (a `.json` file holding a list also works); a line that is not
+    JSON yields None (dropped as bad_json), it does not stop the run."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"traces file {path} does not exist")
+    with path.open(encoding="utf-8") as f:
+        first = f.read(1)
+        f.seek(0)
+        if first == "[":
+            yield from json.load(f)
+            return
+        for line in f:
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                yield None
+
+
+def dataset_info_entry(file_name: str, fmt: str) -> dict:
+    if fmt == "sharegpt":
+        return {
+            "file_name": file_name,
+            "formatting": "sharegpt",
+            "columns": {"messages": "conversations"},
+            "tags": {
+                "role_tag": "from",
+                "content_tag": "value",
+                "user_tag": "human",
+                "assistant_tag": "gpt",
+            },
+        }
+    return {
+        "file_name": file_name,
+        "columns": {"prompt": "instruction", "query": "input", "response": "output"},
+    }
+
+
+def write_dataset(
+    rows: Iterable[dict], out_dir: str | os.PathLike, name: str, fmt: str
+) -> tuple[Path, int]:
+    """Write `<name>.jsonl` atomically and add/replace its entry in `dataset_info.json` (other
+    entries of an existing file are kept, so several datasets can share a dataset_dir)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data_path = out / f"{name}.jsonl"
+    tmp = data_path.with_suffix(".jsonl.tmp")
+    n = 0
+    with tmp.open("w", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    tmp.replace(data_path)
+    info_path = out / "dataset_info.json"
+    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+    info[name] = dataset_info_entry(data_path.name, fmt)
+    tmp_info = info_path.with_suffix(".json.tmp")
+    tmp_info.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+    tmp_info.replace(info_path)
+    return data_path, n
+
+
+def build_dataset(
+    model_dir: str | os.PathLike,
+    traces: Iterable[object],
+    out_dir: str | os.PathLike,
+    name: str = DEFAULT_NAME,
+    budget_rule: str = "v2",
+    max_thinking: int = 10000,
+    fmt: str = "alpaca",
+    batch_size: int = 512,
+) -> Stats:
+    """The whole job: rows from `traces` → `out_dir/<name>.jsonl`, `dataset_info.json` and
+    `<name>.stats.json`. Returns the stats."""
+    from transformers import AutoTokenizer
+
+    from budgetthinker.control_spec import load_spec
+
+    spec = load_spec(model_dir)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    builder = TraceBuilder(tokenizer, spec, budget_rule, max_thinking, fmt)
+    _, n = write_dataset(builder.run(traces, batch_size), out_dir, name, fmt)
+    stats = builder.stats
+    if n == 0:
+        raise UserError(
+            f"no trace was kept ({stats.read} read; {dict(stats.dropped)}); see the accepted "
+            "fields in README.md (SFT stage)"
+        )
+    report = {
+        "name": name,
+        "model": str(model_dir),
+        "mode": spec.mode,
+        "budget_rule": budget_rule,
+        "max_thinking": max_thinking,
+        "format": fmt,
+        **stats.to_json(),
+    }
+    (Path(out_dir) / f"{name}.stats.json").write_text(json.dumps(report, indent=2) + "\n")
+    return stats

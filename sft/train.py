@@ -1,0 +1,218 @@
+"""`budgetthinker sft --config configs/sft/<recipe>.yaml [key=value …]`: the SFT launcher.
+
+A recipe is a LLaMA-Factory training YAML plus one `budgetthinker:` section (see SFTOptions).
+The launcher
+
+1. resolves `model_name_or_path: default` to the embedded SmolLM2 prepared for 8ratio, and
+   checks that the model folder has a control-token spec;
+2. builds the dataset first when the section has `data:` (synthetic traces or a JSONL file →
+   `dataset_dir/<dataset>.jsonl` + `dataset_info.json`);
+3. for each run (the recipe itself, then every entry of `then:`, each starting from the previous
+   run's `output_dir`) writes the resolved YAML to `<output_dir>/budgetthinker_sft.yaml` and
+   runs `budgetthinker.sft.worker` on it: in this process on one device, under `torchrun
+   --nproc_per_node N` for N > 1 GPUs (each rank runs LLaMA-Factory with our loss callback).
+
+Overrides: `key=value` sets a LLaMA-Factory key (`learning_rate=1e-5`), `budgetthinker.key=value`
+one of ours (`budgetthinker.special_token_loss=T10`). The original environment variable
+`special_token_loss` is accepted as an alias (recipe < env var < command line).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from budgetthinker.config import build, env_overrides, load_yaml, merge, parse_overrides, to_dict
+from budgetthinker.control_spec import has_spec
+from budgetthinker.errors import UserError
+from budgetthinker.sft.loss import parse_special_token_loss
+
+RESOLVED_NAME = "budgetthinker_sft.yaml"
+
+
+@dataclass
+class DataOptions:
+    """Build the dataset before training (written to the recipe's `dataset_dir`/`dataset`)."""
+
+    # `synthetic` (budgetthinker.synthetic traces) or a traces JSONL file
+    traces: str = "synthetic"
+    # synthetic traces: how many, set, steps per problem, re-check rounds [low, high]
+    num_traces: int = 64
+    seed: int = 1
+    steps: int = 3
+    checks: list[int] = field(default_factory=lambda: [0, 4])
+    budget_rule: str = "v2"
+    max_thinking: int = 10000
+    format: str = "alpaca"
+    # rebuild even if the dataset already exists
+    rebuild: bool = False
+
+
+@dataclass
+class SFTOptions:
+    """The `budgetthinker:` section of an SFT recipe."""
+
+    # F (weight 0) | T (weight 1, default) | T<n> (weight n) on control-token targets
+    special_token_loss: str = "T"
+    # processes (GPUs) per run; 0 = every visible CUDA device (1 without CUDA)
+    nproc: int = 0
+    data: DataOptions | None = None
+    # further runs, each a mapping of LLaMA-Factory keys, starting from the previous output_dir
+    then: list[dict] = field(default_factory=list)
+
+    def __post_init__(self):
+        parse_special_token_loss(self.special_token_loss)
+        if self.nproc < 0:
+            raise ValueError(f"nproc must be >= 0, got {self.nproc}")
+
+
+ENV_ALIASES = {"special_token_loss": ("special_token_loss", str)}
+
+
+def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> tuple[dict, SFTOptions]:
+    """Recipe + overrides → (LLaMA-Factory args, our options)."""
+    raw = load_yaml(path)
+    ours = raw.pop("budgetthinker", None) or {}
+    extra = parse_overrides(overrides)
+    ours = merge(merge(ours, env_overrides(ENV_ALIASES)), extra.pop("budgetthinker", {}))
+    return merge(raw, extra), build(SFTOptions, ours, "budgetthinker")
+
+
+def resolve_model(lf_args: dict) -> Path:
+    from budgetthinker.preparation.embedded_model import DEFAULT, default_prepared_dir
+
+    model = lf_args.get("model_name_or_path")
+    if not model:
+        raise UserError("the recipe has no model_name_or_path; set it to a prepared model folder")
+    path = default_prepared_dir() if model == DEFAULT else Path(model).expanduser()
+    if not has_spec(path):
+        raise UserError(
+            f"{model} is not a prepared model (no control-token spec); prepare it first: "
+            f"budgetthinker prepare --base {model} --mode 8ratio --out <folder>"
+        )
+    lf_args["model_name_or_path"] = str(path)
+    return path
+
+
+def build_data(lf_args: dict, data: DataOptions, model_dir: Path) -> None:
+    from budgetthinker.sft.data import build_dataset, read_jsonl
+    from budgetthinker.synthetic import synthetic_traces
+
+    names = str(lf_args.get("dataset", "")).split(",")
+    if len(names) != 1 or not names[0]:
+        raise UserError("budgetthinker.data builds one dataset: set `dataset: NAME` in the recipe")
+    name, out = names[0], Path(lf_args.get("dataset_dir", "data"))
+    if (
+        (out / f"{name}.jsonl").is_file()
+        and (out / "dataset_info.json").is_file()
+        and not (data.rebuild)
+    ):
+        print(f"[budgetthinker] dataset {name} exists in {out}; not rebuilding", flush=True)
+        return
+    if data.traces == "synthetic":
+        if len(data.checks) not in (1, 2):
+            raise UserError(
+                f"budgetthinker.data.checks must be [n] or [low, high], got {data.checks}"
+            )
+        low, high = data.checks[0], data.checks[-1]
+        traces = synthetic_traces(data.num_traces, data.seed, data.steps, (low, high))
+    else:
+        traces = read_jsonl(data.traces)
+    stats = build_dataset(
+        model_dir, traces, out, name, data.budget_rule, data.max_thinking, data.format
+    )
+    print(f"[budgetthinker] built {out / name}.jsonl\n{stats.summary()}", flush=True)
+
+
+def num_processes(nproc: int) -> int:
+    if nproc:
+        return nproc
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    except ImportError:
+        return 1
+
+
+def require_llamafactory() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("llamafactory") is None:
+        raise UserError(
+            "LLaMA-Factory is not installed in this environment; SFT has its own: "
+            "bash scripts/setup_env.sh sft, then .venv-sft/bin/budgetthinker sft … "
+            "(or simply bash sft/train.sh CONFIG)"
+        )
+
+
+def runs(lf_args: dict, opts: SFTOptions) -> list[dict]:
+    """The recipe's runs: itself, then each `then:` entry from the previous output_dir."""
+    result = [dict(lf_args)]
+    for i, extra in enumerate(opts.then, start=1):
+        if not isinstance(extra, dict) or "output_dir" not in extra:
+            raise UserError(f"budgetthinker.then[{i - 1}] must be a mapping with an output_dir")
+        nxt = merge(result[-1], extra)
+        nxt["model_name_or_path"] = result[-1]["output_dir"]
+        result.append(nxt)
+    return result
+
+
+def run_sft(config: str | os.PathLike, overrides: list[str] = ()) -> list[Path]:
+    """Run the recipe; returns the output folders (each a prepared model with its spec)."""
+    lf_args, opts = load_recipe(config, list(overrides))
+    require_llamafactory()
+    model_dir = resolve_model(lf_args)
+    if "output_dir" not in lf_args:
+        raise UserError("the recipe has no output_dir; set it (e.g. runs/sft/<experiment>)")
+    if opts.data is not None:
+        build_data(lf_args, opts.data, model_dir)
+    nproc = num_processes(opts.nproc)
+    outputs = []
+    for i, args in enumerate(runs(lf_args, opts)):
+        out = Path(args["output_dir"])
+        out.mkdir(parents=True, exist_ok=True)
+        spec_dir = model_dir if i == 0 else outputs[-1]
+        resolved = dict(args)
+        resolved["budgetthinker"] = {
+            **{k: v for k, v in to_dict(opts).items() if k in ("special_token_loss", "nproc")},
+            "model_spec": str(spec_dir),
+            "data": to_dict(opts.data) if opts.data else None,
+        }
+        path = out / RESOLVED_NAME
+        path.write_text(yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True))
+        print(
+            f"[budgetthinker] SFT run {i + 1}: {args['model_name_or_path']} → {out} "
+            f"({nproc} process{'es' if nproc > 1 else ''}, "
+            f"special_token_loss={opts.special_token_loss})",
+            flush=True,
+        )
+        start = time.perf_counter()
+        if nproc > 1:
+            cmd = [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nproc_per_node={nproc}",
+                "-m",
+                "budgetthinker.sft.worker",
+                str(path),
+            ]
+            if subprocess.run(cmd).returncode != 0:
+                raise UserError(f"SFT run {i + 1} failed (torchrun exit status); see the log above")
+        else:
+            from budgetthinker.sft.worker import run
+
+            run(path)
+        print(
+            f"[budgetthinker] SFT run {i + 1} done in {time.perf_counter() - start:.1f} s",
+            flush=True,
+        )
+        outputs.append(out)
+    return outputs

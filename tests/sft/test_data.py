@@ -1,0 +1,219 @@
+"""SFT data builder: exact control-token positions for many lengths and both budget rules,
+drops reported (not crashed), output files LLaMA-Factory reads."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import pytest
+
+from budgetthinker.control_spec import parse_mode
+from budgetthinker.errors import UserError
+from budgetthinker.prompts import user_content
+from budgetthinker.sft.data import (
+    V2_BINS,
+    TraceBuilder,
+    budget_for,
+    build_dataset,
+    insertion_points,
+    parse_trace,
+    read_jsonl,
+)
+from budgetthinker.synthetic import make_trace, synthetic_traces
+
+pytest.importorskip("transformers")
+
+
+def test_budget_rules():
+    for length in range(0, 10500, 7):
+        b1 = budget_for(length, "v1")
+        assert b1 % 50 == 0 and length < b1 <= length + 50
+        b2 = budget_for(length, "v2")
+        if length >= 10000:
+            assert b2 is None
+        else:
+            assert b2 > length and all(b <= length for b in V2_BINS if b < b2)
+    assert V2_BINS[:9] == (100, 250, 500, 750, 1000, 1250, 1500, 2000, 2500)
+    assert V2_BINS[-1] == 10000 and all(b - a == 500 for a, b in itertools.pairwise(V2_BINS[8:]))
+    with pytest.raises(UserError):
+        budget_for(10, "v3")
+
+
+@pytest.mark.parametrize("mode_name", ["8ratio", "4ratio", "remaining250"])
+def test_insertion_points_closed_form(mode_name):
+    mode = parse_mode(mode_name)
+    for budget in (500, 750, 1000, 2000, 2499):
+        for length in (1, 7, 63, budget // 2, budget - 1):
+            pts = insertion_points(mode, budget, length)
+            if mode.kind == "ratio":
+                delta = budget // mode.parts + 1
+                assert [lv for _, lv in pts] == list(range(mode.parts - 1, 0, -1))
+                assert [i for i, _ in pts] == [min(k * delta, length) for k in range(1, mode.parts)]
+            else:
+                top = budget // 250 - 1
+                assert [lv for _, lv in pts] == list(range(top, 0, -1))
+                assert [i for i, _ in pts] == [min(k * 250, length) for k in range(1, top + 1)]
+
+
+def _positions(ids, control_ids):
+    return [(i, t) for i, t in enumerate(ids) if t in control_ids]
+
+
+@pytest.mark.parametrize("rule", ["v1", "v2"])
+def test_token_positions_exact(tokenizer, spec, rule):
+    """Re-tokenizing the built answer puts the k-th control token at thinking index
+    min(k·delta, L) + (k − 1), as forcing does at generation time; the text around the control
+    tokens is the original thinking, unchanged."""
+    mode = spec.parsed_mode
+    level_of = spec.level_of
+    builder = TraceBuilder(tokenizer, spec, rule, max_thinking=10000)
+    traces = [
+        make_trace(3, i, steps, checks)
+        for i, (steps, checks) in enumerate(
+            [(s, c) for s in (1, 2, 3, 5) for c in (0, 1, 2, 3, 5, 8, 13, 21)]
+        )
+    ]
+    rows = builder.build([parse_trace(t) for t in traces])
+    assert len(rows) == len(traces) and builder.stats.kept == len(traces)
+    lengths = set()
+    for trace, row in zip(traces, rows, strict=True):
+        original = parse_trace(trace).thinking
+        length = len(tokenizer(original, add_special_tokens=False)["input_ids"])
+        lengths.add(length)
+        budget = budget_for(length, rule)
+        assert row["budget"] == budget
+        assert row["instruction"] == user_content(trace["question"], budget, "control", mode)
+        out = row["output"]
+        assert out.startswith("<think>\n") and out.endswith(
+            f"\n</think>\n**Final Answer**\\boxed{{{trace['answer']}}}"
+        )
+        thinking = out[len("<think>\n") : out.index("\n</think>\n")]
+        stripped = thinking
+        for s in spec.token_strings:
+            stripped = stripped.replace(s, "")
+        assert stripped == original
+        ids = tokenizer(thinking, add_special_tokens=False)["input_ids"]
+        found = _positions(ids, set(spec.token_ids))
+        delta = budget // mode.parts + 1
+        expected = [(min(k * delta, length) + k - 1, mode.parts - k) for k in range(1, mode.parts)]
+        assert [(i, level_of[t]) for i, t in found] == expected
+        assert len(ids) == length + mode.parts - 1
+    assert len(lengths) > 20
+
+
+def test_drops_reported_not_crashed(tokenizer, spec):
+    long = make_trace(1, 0, 3, 40)
+    rows = [
+        None,
+        {"response": "<think>x</think>\\boxed{1}"},
+        {"question": "q"},
+        {"question": "q", "response": "<think>no end, \\boxed{3}"},
+        {"question": "q", "response": "<think>  \n </think>\\boxed{3}"},
+        {"question": "q", "response": "<think>thinking</think> no box"},
+        long,
+        make_trace(1, 1),
+        {"question": "q", "thinking": "some thought", "answer": "42"},
+        {
+            "problem": "q",
+            "answer": "<think>\nthought\n</think>\n**Final Answer**\\boxed{\\frac{1}{2}}",
+        },
+    ]
+    builder = TraceBuilder(tokenizer, spec, "v2", max_thinking=200)
+    out = list(builder.run(rows, batch_size=2))
+    d = builder.stats.to_json()
+    assert d["read"] == 10 and d["kept"] == 3 == len(out)
+    assert d["dropped"] == {
+        "bad_json": 1,
+        "no_question": 1,
+        "no_response": 1,
+        "no_think_end": 1,
+        "empty_thinking": 1,
+        "no_answer": 1,
+        "too_long": 1,
+    }
+    assert out[1]["output"].endswith("**Final Answer**\\boxed{42}")
+    assert out[2]["output"].endswith("**Final Answer**\\boxed{\\frac{1}{2}}")
+    assert sum(int(n) for n in d["budget_histogram"].values()) == 3
+
+
+def test_v2_drops_beyond_last_bin(tokenizer, spec):
+    trace = {"question": "q", "thinking": " word" * 10050, "answer": "1"}
+    builder = TraceBuilder(tokenizer, spec, "v2", max_thinking=20000)
+    assert builder.build([parse_trace(trace)]) == []
+    assert builder.stats.dropped == {"no_budget": 1}
+
+
+def test_build_dataset_files(tmp_path, prepared_model, spec):
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text(
+        "\n".join(json.dumps(t) for t in synthetic_traces(12, checks=(0, 3))) + "\nnot json\n"
+    )
+    for fmt in ("alpaca", "sharegpt"):
+        stats = build_dataset(
+            prepared_model, read_jsonl(traces), tmp_path / "data", f"ds_{fmt}", "v1", fmt=fmt
+        )
+        assert stats.kept == 12 and stats.dropped == {"bad_json": 1}
+    info = json.loads((tmp_path / "data" / "dataset_info.json").read_text())
+    assert info["ds_alpaca"]["file_name"] == "ds_alpaca.jsonl"
+    assert info["ds_alpaca"]["columns"]["response"] == "output"
+    assert info["ds_sharegpt"]["formatting"] == "sharegpt"
+    row = json.loads((tmp_path / "data" / "ds_sharegpt.jsonl").read_text().splitlines()[0])
+    assert [m["from"] for m in row["conversations"]] == ["human", "gpt"]
+    report = json.loads((tmp_path / "data" / "ds_alpaca.stats.json").read_text())
+    assert report["kept"] == 12 and report["mode"] == spec.mode and report["rows_per_second"]
+    with pytest.raises(UserError, match="no trace was kept"):
+        build_dataset(prepared_model, [{"question": "q"}], tmp_path / "empty", "x")
+
+
+def test_synthetic_traces_deterministic_and_dialled(tokenizer):
+    a, b = synthetic_traces(5, checks=(0, 6)), synthetic_traces(5, checks=(0, 6))
+    assert a == b
+    short, longer = make_trace(1, 0, 3, 0), make_trace(1, 0, 3, 10)
+    assert short["question"] == longer["question"] and short["answer"] == longer["answer"]
+    n_short = len(tokenizer(short["response"])["input_ids"])
+    n_long = len(tokenizer(longer["response"])["input_ids"])
+    assert n_long > 4 * n_short
+    assert parse_trace(longer).answer == longer["answer"]
+
+
+def test_cli_sft_traces_and_data(tmp_path, prepared_model, capsys):
+    from budgetthinker.cli import main
+
+    traces = tmp_path / "t.jsonl"
+    assert main(["sft-traces", "--out", str(traces), "--n", "8", "--checks", "1:3"]) == 0
+    assert len(traces.read_text().splitlines()) == 8
+    assert (
+        main(
+            [
+                "sft-data",
+                "--model",
+                str(prepared_model),
+                "--traces",
+                str(traces),
+                "--out",
+                str(tmp_path / "d"),
+                "--budget-rule",
+                "v1",
+                "--name",
+                "x",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    assert "kept 8" in out and "rows/s" in out and "budget histogram" in out
+    assert (
+        main(
+            [
+                "sft-data",
+                "--model",
+                str(prepared_model),
+                "--traces",
+                str(tmp_path / "nope"),
+                "--out",
+                str(tmp_path / "d"),
+            ]
+        )
+        == 2
+    )

@@ -1,0 +1,75 @@
+"""A real LLaMA-Factory SFT run on CPU: embedded model, synthetic traces, our weighted loss.
+
+Needs the sft environment (bash scripts/setup_env.sh sft); skipped in the core environment.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from budgetthinker.control_spec import load_spec
+from budgetthinker.errors import UserError
+from budgetthinker.sft.train import load_recipe, runs
+
+REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "sft"
+
+
+def test_recipes_parse(monkeypatch):
+    lf, opts = load_recipe(f"{REPO_CONFIGS}/release.yaml")
+    assert lf["deepspeed"] == "configs/deepspeed/ds_z0_config.json"
+    assert (lf["per_device_train_batch_size"], lf["gradient_accumulation_steps"]) == (2, 8)
+    assert (lf["learning_rate"], lf["lr_scheduler_type"], lf["bf16"]) == (2e-5, "cosine", True)
+    assert opts.special_token_loss == "T" and opts.nproc == 8
+    first, second = runs(lf, opts)
+    assert (first["num_train_epochs"], second["num_train_epochs"]) == (2.0, 4.0)
+    assert second["model_name_or_path"] == first["output_dir"]
+    monkeypatch.setenv("special_token_loss", "T10")
+    _, opts = load_recipe(f"{REPO_CONFIGS}/cpu_smoke.yaml")
+    assert opts.special_token_loss == "T10"
+    _, opts = load_recipe(f"{REPO_CONFIGS}/cpu_smoke.yaml", ["budgetthinker.special_token_loss=F"])
+    assert opts.special_token_loss == "F"
+    monkeypatch.setenv("special_token_loss", "X")
+    with pytest.raises(UserError, match="special_token_loss"):
+        load_recipe(f"{REPO_CONFIGS}/cpu_smoke.yaml")
+    monkeypatch.delenv("special_token_loss")
+    with pytest.raises(UserError, match="unknown config key"):
+        load_recipe(f"{REPO_CONFIGS}/cpu_smoke.yaml", ["budgetthinker.speical=1"])
+
+
+@pytest.mark.slow
+def test_cpu_sft_run(tmp_path, prepared_model, spec):
+    pytest.importorskip("llamafactory")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from budgetthinker.sft.train import run_sft
+
+    out = tmp_path / "model"
+    [result] = run_sft(
+        f"{REPO_CONFIGS}/cpu_smoke.yaml",
+        [
+            f"output_dir={out}",
+            f"dataset_dir={tmp_path / 'data'}",
+            "max_steps=6",
+            "save_steps=6",
+            "budgetthinker.data.num_traces=4",
+            "budgetthinker.special_token_loss=T10",
+        ],
+    )
+    assert result == out
+    state = json.loads((out / "trainer_state.json").read_text())
+    losses = [e["loss"] for e in state["log_history"] if "loss" in e]
+    assert len(losses) == 6
+    assert sum(losses[-2:]) < sum(losses[:2]), losses
+    resolved = (out / "budgetthinker_sft.yaml").read_text()
+    assert "special_token_loss: T10" in resolved
+    for folder in (out, out / "checkpoint-6"):
+        assert load_spec(folder) == spec
+        tok = AutoTokenizer.from_pretrained(folder)
+        assert [tok.convert_tokens_to_ids(s) for s in spec.token_strings] == list(spec.token_ids)
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        assert model.get_input_embeddings().weight.shape[0] > max(spec.token_ids)
+    data = (tmp_path / "data" / "synthetic_8ratio_sft.jsonl").read_text().splitlines()
+    assert len(data) == 4 and spec.token_strings[-1] in json.loads(data[0])["output"]
