@@ -11,6 +11,7 @@ import json
 import sys
 
 from budgetthinker.errors import UserError
+from budgetthinker.rl import cli as _rl_cli
 from budgetthinker.sft import cli as _sft_cli
 
 
@@ -254,6 +255,11 @@ COMMANDS = {
         _sft_cli.add_sft_args,
         _sft_cli.run_sft,
         "SFT with LLaMA-Factory and the weighted special-token loss (sft environment)",
+    ),
+    "rl": (
+        _rl_cli.add_rl_args,
+        _rl_cli.run_rl,
+        "GRPO with the budget reward and curriculum, control tokens forced in rollouts (TRL)",
     ),
 }
 

