@@ -1,16 +1,33 @@
 #!/usr/bin/env bash
-# Set up an environment (if needed) and run the tests.
-#   bash scripts/test.sh [pytest args…]        core: ruff + the whole suite, e.g. -m "not slow"
-#   bash scripts/test.sh sft [pytest args…]    sft environment (.venv-sft): tests/sft, including
-#                                              a real LLaMA-Factory run on CPU
+# Set up the environments (if needed) and run the tests.
+#   bash scripts/test.sh                     everything: ruff + the core suite in .venv, then the
+#                                            SFT tests in .venv-sft (this is what CI runs)
+#   bash scripts/test.sh [core] [pytest args…]   the core suite only, e.g. -m "not slow"
+#   bash scripts/test.sh sft [pytest args…]      tests/sft in .venv-sft (LLaMA-Factory pins an
+#                                                older transformers), incl. a real CPU SFT run
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
-if [[ "${1:-}" == "sft" ]]; then
-  shift
+
+stage="all"
+case "${1:-}" in
+  core|sft) stage="$1"; shift ;;
+esac
+[[ "$stage" == "all" && $# -gt 0 ]] && stage="core"
+
+run_core() {
+  bash "$repo/scripts/setup_env.sh" core
+  .venv/bin/ruff check .
+  .venv/bin/python -m pytest "$@"
+}
+
+run_sft() {
   bash "$repo/scripts/setup_env.sh" sft
-  exec .venv-sft/bin/python -m pytest tests/sft "$@"
-fi
-bash "$repo/scripts/setup_env.sh" core
-.venv/bin/ruff check .
-exec .venv/bin/python -m pytest "$@"
+  .venv-sft/bin/python -m pytest tests/sft "$@"
+}
+
+case "$stage" in
+  core) run_core "$@" ;;
+  sft) run_sft "$@" ;;
+  all) run_core; run_sft ;;
+esac
