@@ -128,7 +128,7 @@ class HFBackend:
         self.model.to(self.device).eval()
         self.spec = load_spec(model_dir) if has_spec(model_dir) else None
         self.seed = seed
-        self.eos_ids = _eos_ids(self.model.generation_config, self.tokenizer)
+        self.eos_ids = eos_token_ids(self.model.generation_config, self.tokenizer)
         self.pad_id = (
             self.tokenizer.pad_token_id
             if self.tokenizer.pad_token_id is not None
@@ -173,7 +173,7 @@ class HFBackend:
                     **(sampling if temperature > 0 else {"do_sample": False}),
                 )
             for row, limit in zip(out[:, width:].tolist(), limits, strict=False):
-                outputs.append(_cut_at_eos(row[:limit], self.eos_ids))
+                outputs.append(cut_at_eos(row[:limit], self.eos_ids))
             if progress is not None:
                 progress.update(len(batch))
         return outputs
@@ -268,14 +268,14 @@ def require_vllm() -> None:
         )
 
 
-def _eos_ids(generation_config, tokenizer) -> set[int]:
+def eos_token_ids(generation_config, tokenizer) -> set[int]:
     eos = generation_config.eos_token_id if generation_config is not None else None
     if eos is None:
         eos = tokenizer.eos_token_id
     return set(eos) if isinstance(eos, list) else {eos}
 
 
-def _cut_at_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
+def cut_at_eos(tokens: list[int], eos_ids: set[int]) -> list[int]:
     """Keep tokens up to and including the first EOS, as vLLM reports them."""
     for i, token in enumerate(tokens):
         if token in eos_ids:

@@ -71,7 +71,7 @@ class BudgetRollout:
         import torch
         from transformers import LogitsProcessorList
 
-        from budgetthinker.generation import _cut_at_eos, _eos_ids, analyse
+        from budgetthinker.generation import analyse, cut_at_eos, eos_token_ids
         from budgetthinker.patches.hf_logits_processor import BudgetForcingLogitsProcessor
 
         model = trainer.accelerator.unwrap_model(trainer.model)
@@ -90,7 +90,7 @@ class BudgetRollout:
             )
         max_new = generation_cap(budget, cfg.rollout.max_response_length)
         plan = make_plan(spec, budget)
-        eos_ids = _eos_ids(model.generation_config, tok)
+        eos_ids = eos_token_ids(model.generation_config, tok)
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos_ids))
         ids = torch.tensor([[pad_id] * (longest - len(p)) + p for p in prompt_ids])
         mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompt_ids])
@@ -112,7 +112,7 @@ class BudgetRollout:
             )
         completions, lengths, env_mask, forced = [], [], [], 0
         for row in out[:, longest:].tolist():
-            full = _cut_at_eos(row[:max_new], eos_ids)
+            full = cut_at_eos(row[:max_new], eos_ids)
             kept = truncate_for_scoring(full, budget)
             positions = set(analyse(kept, spec, plan).forced_positions)
             forced += len(positions)
