@@ -269,6 +269,7 @@ def require_vllm() -> None:
 
 
 def eos_token_ids(generation_config, tokenizer) -> set[int]:
+    """Every token id that ends generation (the generation config may list several)."""
     eos = generation_config.eos_token_id if generation_config is not None else None
     if eos is None:
         eos = tokenizer.eos_token_id
