@@ -302,6 +302,23 @@ def alternate(reps: int, arms: tuple[str, str], run_one) -> dict[str, list[float
 
 
 # --------------------------------------------------------------------------------------- (a)
+def measure_arms(args, tag: str, arms: tuple[str, str], run, control_counts: dict) -> dict:
+    """Warm both arms up, time interleaved pairs, summarise; `run(arm, tokens)` -> seconds."""
+    warm = min(args.tokens, 16)
+    log(f"{tag} warm-up ({warm} tokens per arm)")
+    for arm in arms:
+        run(arm, warm)
+    log(
+        f"{tag} {args.reps} interleaved pairs, batch {args.batch} x {args.tokens} tokens, "
+        f"budget {args.budget}"
+    )
+    pairs = interleaved_pairs(args, arms, lambda arm: run(arm, args.tokens))
+    result = summarize(pairs, arms[0], arms[1], args.batch * args.tokens)
+    for arm in arms:
+        result[f"control_tokens_per_row_{arm}"] = median(control_counts[arm])
+    return result
+
+
 def bench_hf(model_dir: str, args) -> dict:
     import torch
     from transformers import LogitsProcessorList
@@ -346,18 +363,8 @@ def bench_hf(model_dir: str, args) -> dict:
             )
         return dt
 
-    warm = min(args.tokens, 16)
-    log(f"(a) warm-up ({warm} tokens per arm), torch threads = {torch.get_num_threads()}")
-    run("off", warm)
-    run("on", warm)
-    log(
-        f"(a) {args.reps} interleaved pairs, batch {args.batch} x {args.tokens} tokens, "
-        f"budget {args.budget}"
-    )
-    pairs = interleaved_pairs(args, ("off", "on"), lambda arm: run(arm, args.tokens))
-    result = summarize(pairs, "off", "on", args.batch * args.tokens)
-    result["control_tokens_per_row_on"] = median(control_counts["on"])
-    result["control_tokens_per_row_off"] = median(control_counts["off"])
+    log(f"(a) torch threads = {torch.get_num_threads()}")
+    result = measure_arms(args, "(a)", ("off", "on"), run, control_counts)
     result["threads"] = torch.get_num_threads()
     return result
 
@@ -543,18 +550,7 @@ def bench_vllm(model_dir: str, args) -> dict:
             )
         return dt
 
-    warm = min(args.tokens, 16)
-    log(f"(c) warm-up ({warm} tokens per arm)")
-    run("inactive", warm)
-    run("active", warm)
-    log(
-        f"(c) {args.reps} interleaved pairs, batch {args.batch} x {args.tokens} tokens, "
-        f"budget {args.budget}"
-    )
-    pairs = interleaved_pairs(args, ("inactive", "active"), lambda arm: run(arm, args.tokens))
-    result = summarize(pairs, "inactive", "active", args.batch * args.tokens)
-    result["control_tokens_per_row_active"] = median(control_counts["active"])
-    result["control_tokens_per_row_inactive"] = median(control_counts["inactive"])
+    result = measure_arms(args, "(c)", ("inactive", "active"), run, control_counts)
     try:
         llm.llm_engine.engine_core.shutdown()
     except Exception as e:  # best effort; the engine also goes down at exit
