@@ -52,16 +52,18 @@ def default_base_dir() -> Path:
 
 def convert_gguf(src: Path, out: Path) -> None:
     """Dequantise a GGUF checkpoint into a float32 safetensors folder with its tokenizer."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-    # dequantize=True gives a plain float model; without it transformers marks the model as
-    # GGUF-quantised and refuses to train or save it.
+    extra = {}
+    if hasattr(transformers, "GgufConfig"):
+        # Newer transformers keep GGUF weights quantised unless told otherwise, and then refuse
+        # to train or save the model; older ones (the SFT and verl environments) always
+        # dequantise and have no GgufConfig.
+        extra["quantization_config"] = transformers.GgufConfig(gguf_file=src.name, dequantize=True)
     model = AutoModelForCausalLM.from_pretrained(
-        src.parent,
-        gguf_file=src.name,
-        quantization_config=GgufConfig(gguf_file=src.name, dequantize=True),
-        dtype="float32",
+        src.parent, gguf_file=src.name, dtype="float32", **extra
     )
     model.config.name_or_path = BASE_NAME
     model.save_pretrained(out)

@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
+from budgetthinker.config import build
 from budgetthinker.control_spec import parse_mode
 from budgetthinker.errors import UserError
 from budgetthinker.prompts import SYSTEM_LINE, ratio_tip
-from budgetthinker.rl.config import load_rl_config, recipes
+from budgetthinker.rl.config import RECIPE_DIR, load_rl_config, recipes
 from budgetthinker.rl.curriculum import (
     Curriculum,
     CurriculumConfig,
@@ -25,7 +27,9 @@ SHARED_RL = Path(__file__).resolve().parents[3] / "shared" / "data" / "rl"
 
 
 def release_curriculum() -> Curriculum:
-    return Curriculum(load_rl_config("8ratio_v1").curriculum)
+    """The curriculum of the release (verl) recipe's budgetthinker: block."""
+    recipe = yaml.safe_load((RECIPE_DIR / "8ratio_v1.yaml").read_text())
+    return Curriculum(build(CurriculumConfig, recipe["budgetthinker"]["curriculum"]))
 
 
 def test_release_schedule():
@@ -96,8 +100,8 @@ def test_unknown_experiment(monkeypatch):
     assert {"8ratio_v1", "cpu_smoke"} <= set(recipes())
     with pytest.raises(UserError, match="unknown RL experiment '9ratio_v9'.*8ratio_v1"):
         load_rl_config("9ratio_v9")
-    monkeypatch.setenv("steady", "8ratio_v1")
-    assert load_rl_config(None).experiment == "8ratio_v1"
+    monkeypatch.setenv("steady", "8ratio_v1_trl")
+    assert load_rl_config(None).experiment == "8ratio_v1_trl"
     monkeypatch.setenv("steady", "nope")
     with pytest.raises(UserError, match="unknown RL experiment 'nope'"):
         load_rl_config(None)
@@ -133,3 +137,25 @@ def test_release_parquet():
     rows = read_file(str(SHARED_RL / "math500_RL.parquet"))
     assert len(rows) == 500
     assert not rows[0].problem.startswith(SYSTEM_LINE)
+
+
+def test_trl_release_recipe_matches_the_verl_recipe():
+    """8ratio_v1_trl.yaml repeats the release recipe for TRL; it must not drift from verl's."""
+    verl = yaml.safe_load((RECIPE_DIR / "8ratio_v1.yaml").read_text())
+    trl = load_rl_config("8ratio_v1_trl")
+    bt, rollout = verl["budgetthinker"], verl["actor_rollout_ref"]["rollout"]
+    assert trl.curriculum.budgets == bt["curriculum"]["budgets"]
+    assert trl.curriculum.validation_budget == bt["curriculum"]["validation_budget"]
+    assert trl.curriculum.seed == bt["curriculum"]["seed"]
+    assert trl.trainer.epochs == bt["epochs"]
+    assert trl.rollout.mask_forced_tokens == bt["mask_forced_tokens"]
+    assert trl.rollout.n == rollout["n"] and trl.rollout.top_p == rollout["top_p"]
+    assert trl.rollout.max_prompt_length == verl["data"]["max_prompt_length"]
+    assert trl.rollout.max_response_length == verl["data"]["max_response_length"]
+    assert trl.trainer.rollout_batch_size == verl["data"]["train_batch_size"]
+    actor = verl["actor_rollout_ref"]["actor"]
+    assert trl.trainer.global_batch_size == actor["ppo_mini_batch_size"]
+    assert trl.trainer.kl_coef == actor["kl_loss_coef"]
+    # lr 1e-6, weight decay 1e-2 and temperature 1.0 are verl's defaults (checked against verl's
+    # composed config in tests/rl/test_verl_launch.py).
+    assert (trl.trainer.lr, trl.trainer.weight_decay, trl.rollout.temperature) == (1e-6, 1e-2, 1.0)

@@ -1,0 +1,78 @@
+"""One budget rollout request, engine-free: what to ask the engine, and how to shape its answer.
+
+Used by the verl agent loop (`budgetthinker.rl.verl_agent_loop`) and tested on CPU against the real
+vLLM logits processor. SPEC §5: for budget B and `Bt = B + B//50`, generate at most
+`min(Bt + Bt//4, max_response_length − 200)` tokens, train on and score the first `Bt − 50`, and
+report the untruncated length L to the reward. Forced control tokens are found by replaying the
+forcing state machine (`budgetthinker.generation.analyse`) over the response, so no
+engine-specific signal is needed; their loss mask is 0 unless `mask_forced_tokens` is off.
+
+Two-stage (validation, `stage=2`): the processor forces the RL suffix in the same request when
+thinking is still open at `Bt` tokens (SPEC §2, improved); the answer gets `answer_tokens` more
+tokens, and such responses are scored whole.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from budgetthinker.control_spec import ControlSpec
+from budgetthinker.forcing import make_plan, thinking_cap
+from budgetthinker.generation import BudgetSettings, analyse
+from budgetthinker.rl.curriculum import generation_cap, truncate_for_scoring
+
+RL_SUFFIX = "rl"
+"""The two-stage suffix of RL (`"\\n</think>\\n**Final Answer**\\boxed"`), from the spec."""
+
+
+def budget_request(
+    spec: ControlSpec,
+    budget: int,
+    *,
+    two_stage: bool,
+    force: bool,
+    response_length: int,
+    answer_tokens: int,
+) -> dict[str, Any]:
+    """`max_tokens` and the processor's `extra_args` of one rollout request."""
+    settings = BudgetSettings(budget=budget, two_stage=two_stage, suffix=RL_SUFFIX, control=force)
+    make_plan(spec, budget, control=force, two_stage=two_stage, suffix=RL_SUFFIX)  # validates
+    if two_stage:
+        suffix = len(spec.suffix_ids.get(RL_SUFFIX, ()))
+        cap = min(thinking_cap(budget) + suffix + answer_tokens, response_length)
+    else:
+        cap = generation_cap(budget, response_length)
+    return {"max_tokens": cap, "extra_args": settings.vllm_extra_args()}
+
+
+def shape_response(
+    spec: ControlSpec,
+    budget: int,
+    token_ids: list[int],
+    log_probs: list[float] | None,
+    *,
+    two_stage: bool,
+    force: bool,
+    mask_forced_tokens: bool,
+    response_length: int,
+) -> dict[str, Any]:
+    """Truncate, mask forced tokens and describe one generated response (pure; tested on CPU)."""
+    kept = list(token_ids) if two_stage else truncate_for_scoring(token_ids, budget)
+    kept = kept[:response_length]
+    plan = make_plan(spec, budget, control=force, two_stage=two_stage, suffix=RL_SUFFIX)
+    analysis = analyse(kept, spec, plan)
+    forced = set(analysis.forced_positions)
+    mask = [0 if mask_forced_tokens and i in forced else 1 for i in range(len(kept))]
+    return {
+        "response_ids": kept,
+        "response_mask": mask,
+        "response_logprobs": list(log_probs[: len(kept)]) if log_probs else None,
+        "extra_fields": {
+            "budget": budget,
+            "response_length": len(token_ids),
+            "forced_tokens": len(forced),
+            "truncated": len(kept) < len(token_ids),
+            "finished_thinking": analysis.finished_thinking,
+            "suffix_forced": analysis.suffix_forced,
+        },
+    }

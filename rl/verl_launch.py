@@ -1,0 +1,287 @@
+"""`budgetthinker rl --engine verl` (`bash rl/8ratio_v1.sh`): GRPO on verl with the curriculum.
+
+A verl recipe (`configs/rl/8ratio_v1.yaml`) is a Hydra config on top of verl's `ppo_trainer` that
+lists only what differs from verl's defaults, plus a `budgetthinker:` block (curriculum, data,
+forcing switches) that verl ignores. The launcher:
+
+1. composes the recipe with verl's own config schema and the command-line overrides (Hydra
+   syntax, forwarded unchanged), so a typo fails here, before any GPU is touched;
+2. writes the curriculum stream and the validation rows as verl parquet files
+   (`runs/<experiment>/data/`, `budgetthinker.rl.verl_data`) for the SFT model's control tokens;
+3. points verl at them (in-order reading, one pass), at budgetthinker's agent loop, and sets
+   `trainer.save_freq` to one curriculum epoch unless given; checks the result with verl's own
+   `validate_config`; writes the resolved config next to the data;
+4. replaces itself with `python -m verl.trainer.main_ppo …` (Ray: one node or many, see README).
+
+`--dry-run` stops after step 3 and prints the verl command: everything but training runs on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from budgetthinker.config import build
+from budgetthinker.control_spec import load_spec
+from budgetthinker.errors import UserError
+from budgetthinker.rl.curriculum import Curriculum, CurriculumConfig
+from budgetthinker.rl.data import RLDataConfig, SyntheticRLConfig, load_split
+from budgetthinker.rl.verl_data import VerlData, write_verl_data
+
+AGENT_LOOPS_FILE = Path(__file__).resolve().parent / "verl_agent_loops.yaml"
+TIPS = ("control", "default")
+
+
+@dataclass
+class VerlRecipe:
+    """The `budgetthinker:` block of a verl recipe.
+
+    Args:
+        experiment (`str`): names `runs/<experiment>/` (data, config, checkpoints).
+        train_files, val_files (`list[str]`): parquet/JSONL files with `problem_key` and
+            `answer_key`; no train files → synthetic problems (`synthetic`), for trials.
+        limit (`int`, *optional*): only the first `limit` problems of each split.
+        epochs (`int`): passes over the training problems (the curriculum's epochs).
+        curriculum: budgets per epoch, validation budget, seed.
+        tip (`str`): `control` (the tip matching the control tokens) or `default`.
+        force (`bool`): force control tokens in rollouts (`remaining=8ratio`).
+        mask_forced_tokens (`bool`): leave forced tokens out of the policy loss.
+        validation_two_stage (`bool`): two-stage answering in validation (`stage=2`).
+        two_stage_answer_tokens (`int`): answer length after the forced suffix.
+    """
+
+    experiment: str = "8ratio_v1"
+    train_files: list[str] = field(default_factory=list)
+    val_files: list[str] = field(default_factory=list)
+    problem_key: str = "problem"
+    answer_key: str = "answer"
+    limit: int | None = None
+    synthetic: SyntheticRLConfig = field(default_factory=SyntheticRLConfig)
+    epochs: int = 8
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    tip: str = "control"
+    force: bool = True
+    mask_forced_tokens: bool = True
+    validation_two_stage: bool = True
+    two_stage_answer_tokens: int = 40
+    output_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        if self.tip not in TIPS:
+            raise ValueError(f"tip must be one of {', '.join(TIPS)}, got {self.tip!r}")
+        if not self.experiment or "/" in self.experiment:
+            raise ValueError("experiment must be a plain name (it becomes runs/<experiment>/)")
+
+    def data_config(self) -> RLDataConfig:
+        return RLDataConfig(
+            train_files=list(self.train_files),
+            val_files=list(self.val_files),
+            problem_key=self.problem_key,
+            answer_key=self.answer_key,
+            limit=self.limit,
+            synthetic=self.synthetic,
+        )
+
+
+def require_verl() -> None:
+    try:
+        import verl  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "the verl engine needs verl, which is not installed in this environment; create the "
+            "rl environment with `bash scripts/setup_env.sh rl` and run `bash rl/8ratio_v1.sh` "
+            "(or .venv-rl/bin/budgetthinker rl --engine verl …)"
+        ) from None
+
+
+def is_verl_recipe(path: Path) -> bool:
+    """A verl recipe composes on verl's `ppo_trainer` (its Hydra defaults list names it)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return False
+    defaults = data.get("defaults") if isinstance(data, dict) else None
+    return isinstance(defaults, list) and "ppo_trainer" in defaults
+
+
+def alias_overrides(environ: dict[str, str] | None = None) -> list[str]:
+    """The original launch variables as Hydra overrides (command-line overrides come later)."""
+    env = os.environ if environ is None else environ
+    out = []
+    if env.get("MODEL_PATH"):
+        out.append(f"actor_rollout_ref.model.path={_quote(env['MODEL_PATH'])}")
+    stage = env.get("stage")
+    if stage:
+        if stage not in ("1", "2"):
+            raise UserError(f"stage={stage!r}: use stage=2 (two-stage validation) or stage=1")
+        out.append(f"budgetthinker.validation_two_stage={'true' if stage == '2' else 'false'}")
+    remaining = env.get("remaining")
+    if remaining:
+        if remaining.endswith("ratio"):
+            out += ["budgetthinker.force=true", "budgetthinker.tip=control"]
+        elif remaining == "default":
+            out += ["budgetthinker.force=false", "budgetthinker.tip=default"]
+        else:
+            raise UserError(
+                f"remaining={remaining!r}: use remaining=8ratio (force control tokens) or "
+                "remaining=default (budget in the prompt only)"
+            )
+    return out
+
+
+def compose(recipe: Path, overrides: list[str]) -> Any:
+    """The recipe composed with verl's config schema (Hydra), as verl itself will see it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(recipe.parent.resolve()), version_base=None):
+            return hydra_compose(recipe.stem, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"the verl recipe {recipe} does not compose with these overrides: {first} "
+            "(keys verl lacks need a leading '+'; see verl's config reference)"
+        ) from None
+
+
+@dataclass
+class Prepared:
+    """What the launcher decided: the verl command and the files it wrote."""
+
+    command: list[str]
+    overrides: list[str]
+    data: VerlData
+    run_dir: Path
+    config: Any = None
+
+
+def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
+    """Steps 1–3 of the module docstring; nothing GPU-bound."""
+    from omegaconf import OmegaConf
+
+    overrides = alias_overrides() + list(user_overrides)
+    cfg = compose(recipe, overrides)
+    if "budgetthinker" not in cfg:
+        raise UserError(
+            f"{recipe} has no budgetthinker: block (curriculum and data); see 8ratio_v1.yaml"
+        )
+    block = OmegaConf.to_container(cfg.budgetthinker, resolve=True)
+    bt = build(VerlRecipe, block, "budgetthinker")
+    if int(cfg.trainer.total_epochs) != 1:
+        raise UserError(
+            "trainer.total_epochs must stay 1 (verl reads the curriculum stream once); set the "
+            f"number of epochs with budgetthinker.epochs={cfg.trainer.total_epochs}"
+        )
+    model = OmegaConf.select(cfg, "actor_rollout_ref.model.path", default=None)
+    if OmegaConf.is_missing(cfg.actor_rollout_ref.model, "path") or not model:
+        raise UserError(
+            "no policy model: add actor_rollout_ref.model.path=/path/to/sft-checkpoint (a "
+            "prepared model folder, e.g. the SFT output) or set MODEL_PATH"
+        )
+    if model == "default":
+        from budgetthinker.preparation.embedded_model import default_prepared_dir
+
+        model = str(default_prepared_dir())
+        overrides.append(f"actor_rollout_ref.model.path={_quote(model)}")
+    spec = load_spec(model)
+    data_cfg = bt.data_config()
+    train = load_split(data_cfg, "train")
+    val = load_split(data_cfg, "val")
+    if not val:
+        if bt.train_files:
+            raise UserError(
+                "verl validates during training: set budgetthinker.val_files (e.g. "
+                "math500_RL.parquet)"
+            )
+        syn = bt.synthetic
+        val = load_split(
+            RLDataConfig(synthetic=SyntheticRLConfig(n=syn.n, seed=syn.seed + 1, steps=syn.steps)),
+            "train",
+        )
+    run_dir = Path(bt.output_dir) / bt.experiment
+    data = write_verl_data(
+        run_dir / "data",
+        train,
+        val,
+        Curriculum(bt.curriculum),
+        mode=spec.parsed_mode,
+        tip=bt.tip,
+        epochs=bt.epochs,
+        batch_size=int(cfg.data.train_batch_size),
+        validation_two_stage=bt.validation_two_stage,
+    )
+    launch = [
+        f"data.train_files=[{_quote(str(data.train_file.resolve()))}]",
+        f"data.val_files=[{_quote(str(data.val_file.resolve()))}]",
+        "data.shuffle=false",
+        f"actor_rollout_ref.rollout.agent.agent_loop_config_path={_quote(str(AGENT_LOOPS_FILE))}",
+    ]
+    if int(cfg.trainer.save_freq) == -1:
+        launch.append(f"trainer.save_freq={data.steps_per_epoch}")
+    final = overrides + launch
+    resolved = compose(recipe, final)
+    _validate(resolved)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomic(run_dir / "verl_config.yaml", OmegaConf.to_yaml(resolved))
+    command = [
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        f"--config-path={recipe.parent.resolve()}",
+        f"--config-name={recipe.stem}",
+        *final,
+    ]
+    return Prepared(command, final, data, run_dir, resolved)
+
+
+def _validate(cfg: Any) -> None:
+    """verl's own consistency checks (batch sizes against GPUs, …), which run on CPU."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    try:
+        validate_config(
+            config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg)
+        )
+    except (AssertionError, ValueError) as e:
+        raise UserError(f"verl rejects this configuration: {e}") from None
+
+
+def run(recipe: Path, user_overrides: list[str], dry_run: bool = False) -> int:
+    require_verl()
+    prepared = prepare(recipe, user_overrides)
+    data = prepared.data
+    print(
+        f"[rl] curriculum stream: {data.total_steps} steps ({data.steps_per_epoch} per epoch), "
+        f"budgets {sorted(set(data.budgets))} → {data.train_file}",
+        file=sys.stderr,
+    )
+    print(f"[rl] resolved verl config → {prepared.run_dir / 'verl_config.yaml'}", file=sys.stderr)
+    if dry_run:
+        print(shlex.join(prepared.command))
+        return 0
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(prepared.command[0], prepared.command)
+    return 0  # not reached
+
+
+def _quote(value: str) -> str:
+    """A Hydra override value: double-quoted, so paths with `=`, `,` or spaces survive."""
+    return json.dumps(value)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
