@@ -183,7 +183,7 @@ def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
             f"number of epochs with budgetthinker.epochs={cfg.trainer.total_epochs}"
         )
     model = OmegaConf.select(cfg, "actor_rollout_ref.model.path", default=None)
-    if OmegaConf.is_missing(cfg.actor_rollout_ref.model, "path") or not model:
+    if not model:
         raise UserError(
             "no policy model: add actor_rollout_ref.model.path=/path/to/sft-checkpoint (a "
             "prepared model folder, e.g. the SFT output) or set MODEL_PATH"

@@ -1,0 +1,251 @@
+"""The verl recipe against verl's own config schema, and the curriculum data through verl's dataset.
+
+Runs in the rl environment (`bash scripts/test.sh rl`); skipped where verl is not installed.
+verl cannot train on CPU, but everything up to starting Ray can be checked here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from budgetthinker.errors import UserError
+from budgetthinker.prompts import ratio_tip
+from budgetthinker.rl.config import RECIPE_DIR
+
+pytest.importorskip("verl")
+
+from omegaconf import OmegaConf  # noqa: E402
+
+from budgetthinker.rl.verl_launch import AGENT_LOOPS_FILE, compose, prepare  # noqa: E402
+
+RECIPE = RECIPE_DIR / "8ratio_v1.yaml"
+SMALL = 12  # synthetic problems
+BATCH = 4
+
+
+def small_run(tmp_path: Path, *extra: str) -> list[str]:
+    """Overrides for a small run: the embedded model, synthetic problems, batches of 4."""
+    return [
+        "actor_rollout_ref.model.path=default",
+        "budgetthinker.train_files=[]",
+        "budgetthinker.val_files=[]",
+        f"budgetthinker.synthetic.n={SMALL}",
+        f"budgetthinker.output_dir={tmp_path}",
+        f"data.train_batch_size={BATCH}",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={BATCH}",
+        *extra,
+    ]
+
+
+@pytest.fixture(autouse=True)
+def _no_alias_env(monkeypatch):
+    for name in ("MODEL_PATH", "stage", "remaining", "steady"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def verl_defaults():
+    import verl
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    config_dir = Path(verl.__file__).parent / "trainer" / "config"
+    with initialize_config_dir(config_dir=str(config_dir), version_base=None):
+        return hydra_compose("ppo_trainer")
+
+
+def leaves(tree: dict, prefix: str = ""):
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from leaves(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def test_release_recipe_composes_with_verl_schema():
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import omega_conf_to_dataclass, validate_config
+
+    cfg = compose(RECIPE, ["actor_rollout_ref.model.path=/models/sft"])
+    actor, rollout = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
+    # SPEC §5 release recipe
+    assert cfg.algorithm.adv_estimator == "grpo" and not cfg.algorithm.use_kl_in_reward
+    assert (rollout.name, rollout.n, rollout.temperature, rollout.top_p) == ("vllm", 5, 1.0, 0.9)
+    assert (actor.optim.lr, actor.optim.weight_decay) == (1e-6, 1e-2)
+    assert actor.use_kl_loss and actor.kl_loss_type == "low_var_kl" and actor.kl_loss_coef == 1e-2
+    assert (cfg.data.train_batch_size, actor.ppo_mini_batch_size) == (256, 128)
+    assert (cfg.data.max_prompt_length, cfg.data.max_response_length) == (1024, 10000)
+    assert (rollout.prompt_length, rollout.response_length) == (1024, 10000)
+    assert actor.fsdp_config.param_offload and actor.fsdp_config.optimizer_offload
+    assert cfg.trainer.n_gpus_per_node == 4 and cfg.trainer.total_epochs == 1
+    assert cfg.budgetthinker.epochs == 8
+    # the budgetthinker hooks
+    assert list(rollout.engine_kwargs.vllm.logits_processors) == [
+        "budgetthinker.patches.vllm_logits_processor:BudgetForcingProcessor"
+    ]
+    assert rollout.agent.default_agent_loop == "budget_agent"
+    assert cfg.reward.custom_reward_function.path == "pkg://budgetthinker.rl.reward"
+    assert cfg.reward.custom_reward_function.name == "compute_score"
+    # verl's typed configs accept the sections, and its own checks pass
+    assert omega_conf_to_dataclass(rollout).engine_kwargs["vllm"]["logits_processors"]
+    assert omega_conf_to_dataclass(actor).kl_loss_coef == 1e-2
+    assert omega_conf_to_dataclass(cfg.algorithm).adv_estimator == "grpo"
+    validate_config(cfg, need_reference_policy(cfg), need_critic(cfg))
+
+
+def test_recipe_lists_only_deltas_from_verl_defaults():
+    recipe = yaml.safe_load(RECIPE.read_text())
+    verl_part = {k: v for k, v in recipe.items() if k not in ("hydra", "defaults", "budgetthinker")}
+    defaults = verl_defaults()
+    same = []
+    for key, value in leaves(verl_part):
+        default = OmegaConf.select(defaults, key, default=None, throw_on_missing=False)
+        if OmegaConf.is_config(default):
+            default = OmegaConf.to_container(default)
+        if default == value:
+            same.append(key)
+    assert same == [], f"these recipe values equal verl's defaults: {same}"
+
+
+def test_agent_loop_file_names_our_loop():
+    from hydra.utils import get_class
+    from verl.experimental.agent_loop.agent_loop import AgentLoopBase
+
+    entries = OmegaConf.load(AGENT_LOOPS_FILE)
+    assert [e.name for e in entries] == ["budget_agent"]
+    assert issubclass(get_class(entries[0]._target_), AgentLoopBase)
+
+
+def test_dry_run_prints_the_verl_command(tmp_path, capsys):
+    from budgetthinker.cli import main
+
+    argv = ["rl", "--engine", "verl", "--config", "8ratio_v1", "--dry-run", *small_run(tmp_path)]
+    assert main(argv) == 0
+    command = capsys.readouterr().out.strip()
+    assert "-m verl.trainer.main_ppo" in command and "--config-name=8ratio_v1" in command
+    assert f"trainer.save_freq={SMALL // BATCH}" in command
+    run = tmp_path / "8ratio_v1"
+    assert (run / "data" / "train.parquet").is_file() and (run / "data" / "val.parquet").is_file()
+    resolved = OmegaConf.load(run / "verl_config.yaml")
+    assert resolved.data.shuffle is False
+    assert resolved.actor_rollout_ref.rollout.agent.agent_loop_config_path == str(AGENT_LOOPS_FILE)
+
+
+def test_verl_dataset_yields_the_curriculum_prompts(tmp_path, tokenizer, spec):
+    """verl's RLHFDataset and its dataloader (as its trainer builds them) over our files."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+    from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler
+    from verl.utils.dataset.rl_dataset import collate_fn
+
+    prepared = prepare(RECIPE, small_run(tmp_path))
+    cfg = prepared.config
+    dataset = create_rl_dataset(cfg.data.train_files, cfg.data, tokenizer, None, is_train=True)
+    loader = StatefulDataLoader(
+        dataset=dataset,
+        batch_size=cfg.data.train_batch_size,
+        num_workers=0,
+        drop_last=True,
+        collate_fn=collate_fn,
+        sampler=create_rl_sampler(cfg.data, dataset),
+    )
+    per_epoch = SMALL // BATCH
+    seen_budgets, epoch_rows = [], {}
+    for step, batch in enumerate(loader):
+        infos = list(batch["extra_info"])
+        budgets = {info["budget"] for info in infos}
+        assert len(budgets) == 1, "one budget per batch"
+        budget = budgets.pop()
+        seen_budgets.append(budget)
+        epoch = step // per_epoch + 1
+        assert {info["epoch"] for info in infos} == {epoch}
+        epoch_rows.setdefault(epoch, []).extend(info["index"] for info in infos)
+        for messages in batch["raw_prompt"]:
+            content = messages[-1]["content"]
+            assert content.endswith(ratio_tip(spec.parsed_mode, budget))
+            assert content.startswith("Return your final response within \\boxed{}. ")
+    assert seen_budgets == prepared.data.budgets
+    assert len(seen_budgets) == 8 * per_epoch
+    assert seen_budgets[: 6 * per_epoch] == [b for b in (6000, 4000, 3500, 3000, 2500, 2000)
+                                             for _ in range(per_epoch)]
+    assert set(seen_budgets[6 * per_epoch :]) <= {2000, 4000, 6000}
+    for rows in epoch_rows.values():
+        assert sorted(rows) == list(range(SMALL)), "every epoch sees every problem once"
+
+    val = create_rl_dataset(cfg.data.val_files, cfg.data, tokenizer, None, is_train=False)
+    infos = [val[i]["extra_info"] for i in range(len(val))]
+    assert {i["budget"] for i in infos} == {4000} and all(i["two_stage"] for i in infos)
+
+
+def test_same_inputs_same_stream(tmp_path):
+    first = prepare(RECIPE, small_run(tmp_path / "a")).data.budgets
+    second = prepare(RECIPE, small_run(tmp_path / "b")).data.budgets
+    assert first == second
+    other_seed = prepare(
+        RECIPE, small_run(tmp_path / "c", "budgetthinker.curriculum.seed=7")
+    ).data.budgets
+    assert other_seed[: 6 * (SMALL // BATCH)] == first[: 6 * (SMALL // BATCH)]
+
+
+def test_aliases(monkeypatch, tmp_path):
+    monkeypatch.setenv("stage", "1")
+    monkeypatch.setenv("remaining", "default")
+    cfg = prepare(RECIPE, small_run(tmp_path)).config
+    assert cfg.budgetthinker.validation_two_stage is False
+    assert cfg.budgetthinker.force is False and cfg.budgetthinker.tip == "default"
+    monkeypatch.setenv("MODEL_PATH", "/nowhere/model")
+    with pytest.raises(UserError, match="/nowhere/model does not exist"):
+        prepare(RECIPE, small_run(tmp_path)[1:])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.train_batch_sise=4", "does not compose"),
+        ("budgetthinker.curriculum.budgets=[[1234]]", "1234 is not a multiple of 50"),
+        ("budgetthinker.unknown=1", "does not compose"),
+        ("+budgetthinker.unknown=1", "unknown config key 'budgetthinker.unknown'"),
+        ("budgetthinker.tip=prompt_v1", "tip must be one of control, default"),
+        ("trainer.total_epochs=8", "budgetthinker.epochs=8"),
+        ("data.train_batch_size=64", "fewer than data.train_batch_size 64"),
+        ("trainer.n_gpus_per_node=3", "verl rejects this configuration.*divisible"),
+    ],
+)
+def test_user_errors(tmp_path, override, message):
+    with pytest.raises(UserError, match=message):
+        prepare(RECIPE, [*small_run(tmp_path), override])
+    assert not (tmp_path / "8ratio_v1" / "verl_config.yaml").exists()
+
+
+def test_missing_model_and_bad_data(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with pytest.raises(UserError, match="no policy model: add actor_rollout_ref.model.path"):
+        prepare(RECIPE, small_run(tmp_path)[1:])
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"problem": ["1+1?"] * 8, "solution": ["2"] * 8}), bad)
+    overrides = [*small_run(tmp_path), f"budgetthinker.train_files=[{bad}]"]
+    with pytest.raises(UserError, match="has no 'answer' column.*data.answer_key"):
+        prepare(RECIPE, overrides)
+
+
+def test_release_data_files_stream(tmp_path, prepared_model):
+    """The shared release parquet (when present) turns into 56 steps per epoch, as the original."""
+    shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "rl" / "train_RL.parquet"
+    if not shared.is_file():
+        pytest.skip("../shared/data/rl is not present")
+    os.chdir(tmp_path)
+    prepared = prepare(
+        RECIPE,
+        [
+            f"actor_rollout_ref.model.path={prepared_model}",
+            f"budgetthinker.train_files=[{shared}]",
+            f"budgetthinker.val_files=[{shared.with_name('math500_RL.parquet')}]",
+            f"budgetthinker.output_dir={tmp_path}",
+        ],
+    )
+    assert prepared.data.steps_per_epoch == 14470 // 256 == 56
+    assert prepared.data.total_steps == 8 * 56
