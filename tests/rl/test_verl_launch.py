@@ -18,9 +18,9 @@ from budgetthinker.rl.config import RECIPE_DIR
 
 pytest.importorskip("verl")
 
-from omegaconf import OmegaConf  # noqa: E402
+from omegaconf import OmegaConf
 
-from budgetthinker.rl.verl_launch import AGENT_LOOPS_FILE, compose, prepare  # noqa: E402
+from budgetthinker.rl.verl_launch import AGENT_LOOPS_FILE, compose, prepare
 
 RECIPE = RECIPE_DIR / "8ratio_v1.yaml"
 SMALL = 12  # synthetic problems
@@ -168,8 +168,9 @@ def test_verl_dataset_yields_the_curriculum_prompts(tmp_path, tokenizer, spec):
             assert content.startswith("Return your final response within \\boxed{}. ")
     assert seen_budgets == prepared.data.budgets
     assert len(seen_budgets) == 8 * per_epoch
-    assert seen_budgets[: 6 * per_epoch] == [b for b in (6000, 4000, 3500, 3000, 2500, 2000)
-                                             for _ in range(per_epoch)]
+    assert seen_budgets[: 6 * per_epoch] == [
+        b for b in (6000, 4000, 3500, 3000, 2500, 2000) for _ in range(per_epoch)
+    ]
     assert set(seen_budgets[6 * per_epoch :]) <= {2000, 4000, 6000}
     for rows in epoch_rows.values():
         assert sorted(rows) == list(range(SMALL)), "every epoch sees every problem once"
