@@ -250,3 +250,19 @@ def test_release_data_files_stream(tmp_path, prepared_model):
     )
     assert prepared.data.steps_per_epoch == 14470 // 256 == 56
     assert prepared.data.total_steps == 8 * 56
+
+
+def test_checkpoints_keep_the_spec(tmp_path, prepared_model):
+    """verl builds our checkpoint callback from the recipe; it copies the spec on every save."""
+    from verl.trainer.ppo.checkpoint_callback import build_checkpoint_callback
+
+    from budgetthinker.control_spec import SPEC_FILENAME
+
+    cfg = compose(RECIPE, [f"actor_rollout_ref.model.path={prepared_model}"])
+    callback = build_checkpoint_callback(cfg)
+    step = tmp_path / "global_step_56"
+    (step / "actor" / "huggingface").mkdir(parents=True)
+    callback.on_save(trainer=None, global_step=56, checkpoint_dir=str(step))
+    original = (Path(prepared_model) / SPEC_FILENAME).read_text()
+    assert (step / SPEC_FILENAME).read_text() == original
+    assert (step / "actor" / "huggingface" / SPEC_FILENAME).read_text() == original
