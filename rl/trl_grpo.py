@@ -8,7 +8,8 @@ TRL's `GRPOTrainer` takes a `rollout_func`; ours generates with transformers and
 * generates at most `min(Bt + Bt//4, max_response_length − 200)` tokens, records the untruncated
   length L, and returns the response truncated to `Bt − 50` tokens (what is scored and trained);
 * returns `env_mask` 0 on forced control tokens, so they are left out of the policy loss
-  (`rollout.mask_forced_tokens=false` trains on them, as the original did);
+  (`rollout.mask_forced_tokens=false` trains on them, as the original did) — the truncation and
+  the mask come from `budgetthinker.rl.budget_rollout.shape_response`, as on verl;
 * hands `budget` and `response_length` to the reward (`budgetthinker.rl.reward.trl_reward`).
 
 Checkpoints are normal model folders that keep `budgetthinker_spec.json`.
@@ -26,8 +27,9 @@ from typing import Any
 from budgetthinker.control_spec import SPEC_FILENAME, ControlSpec, load_spec
 from budgetthinker.errors import UserError
 from budgetthinker.forcing import make_plan
+from budgetthinker.rl.budget_rollout import shape_response
 from budgetthinker.rl.config import RLConfig
-from budgetthinker.rl.curriculum import Curriculum, generation_cap, truncate_for_scoring
+from budgetthinker.rl.curriculum import Curriculum, generation_cap
 from budgetthinker.rl.data import load_split, rl_user_content
 from budgetthinker.rl.reward import trl_reward
 
@@ -71,7 +73,7 @@ class BudgetRollout:
         import torch
         from transformers import LogitsProcessorList
 
-        from budgetthinker.generation import analyse, cut_at_eos, eos_token_ids
+        from budgetthinker.generation import cut_at_eos, eos_token_ids
         from budgetthinker.patches.hf_logits_processor import BudgetForcingLogitsProcessor
 
         model = trainer.accelerator.unwrap_model(trainer.model)
@@ -112,13 +114,20 @@ class BudgetRollout:
             )
         completions, lengths, env_mask, forced = [], [], [], 0
         for row in out[:, longest:].tolist():
-            full = cut_at_eos(row[:max_new], eos_ids)
-            kept = truncate_for_scoring(full, budget)
-            positions = set(analyse(kept, spec, plan).forced_positions)
-            forced += len(positions)
-            completions.append(kept)
-            lengths.append(len(full))
-            env_mask.append([0 if i in positions else 1 for i in range(len(kept))])
+            shaped = shape_response(
+                spec,
+                budget,
+                cut_at_eos(row[:max_new], eos_ids),
+                None,
+                two_stage=False,
+                force=True,
+                mask_forced_tokens=cfg.rollout.mask_forced_tokens,
+                response_length=cfg.rollout.max_response_length,
+            )
+            forced += shaped["extra_fields"]["forced_tokens"]
+            completions.append(shaped["response_ids"])
+            lengths.append(shaped["extra_fields"]["response_length"])
+            env_mask.append(shaped["response_mask"])
         self.history.append(
             {
                 "budget": budget,
@@ -138,7 +147,7 @@ class BudgetRollout:
             "response_length": lengths,
         }
         if cfg.rollout.mask_forced_tokens:
-            result["env_mask"] = env_mask
+            result["env_mask"] = env_mask  # all ones otherwise: TRL then needs none
         return result
 
 
