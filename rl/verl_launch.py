@@ -11,7 +11,8 @@ forcing switches) that verl ignores. The launcher:
 3. points verl at them (in-order reading, one pass), at budgetthinker's agent loop, and sets
    `trainer.save_freq` to one curriculum epoch unless given; checks the result with verl's own
    `validate_config`; writes the resolved config next to the data;
-4. replaces itself with `python -m verl.trainer.main_ppo …` (Ray: one node or many, see README).
+4. replaces itself with `python -m verl.trainer.main_ppo …` (Ray: one node or many, see README),
+   with TensorBoard logs in `runs/<experiment>/tensorboard` unless `TENSORBOARD_DIR` is set.
 
 `--dry-run` stops after step 3 and prints the verl command: everything but training runs on CPU.
 """
@@ -267,9 +268,15 @@ def run(recipe: Path, user_overrides: list[str], dry_run: bool = False) -> int:
         file=sys.stderr,
     )
     print(f"[rl] resolved verl config → {prepared.run_dir / 'verl_config.yaml'}", file=sys.stderr)
+    # verl's TensorBoard logger writes here (its default is ./tensorboard_log/…); the original
+    # launch script set TENSORBOARD_DIR per experiment too.
+    tensorboard = os.environ.get("TENSORBOARD_DIR") or str(
+        prepared.run_dir.resolve() / "tensorboard"
+    )
     if dry_run:
-        print(shlex.join(prepared.command))
+        print(shlex.join(["env", f"TENSORBOARD_DIR={tensorboard}", *prepared.command]))
         return 0
+    os.environ["TENSORBOARD_DIR"] = tensorboard
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(prepared.command[0], prepared.command)
