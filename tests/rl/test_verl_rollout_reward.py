@@ -62,6 +62,8 @@ class TransformersServer:
             input_ids=ids,
             attention_mask=torch.ones_like(ids),
             max_new_tokens=params["max_tokens"],
+            # always the full cap, so the test does not depend on when the sampled model stops
+            min_new_tokens=params["max_tokens"],
             do_sample=True,
             temperature=params["temperature"],
             top_p=params["top_p"],
@@ -215,7 +217,8 @@ def test_budget_agent_loop_in_verl(small_config, tokenizer, spec, prepared_model
 
     # the response: truncated to Bt − 50, forced control tokens out of the loss
     info = output.extra_fields
-    assert len(output.response_ids) == min(info["response_length"], bt - 50)
+    assert info["response_length"] == call["max_tokens"] and info["truncated"] is True
+    assert len(output.response_ids) == bt - 50
     masked = [i for i, m in enumerate(output.response_mask) if m == 0]
     levels = spec.level_of
     assert masked and all(output.response_ids[i] in levels for i in masked)
@@ -252,8 +255,11 @@ def test_original_behaviour_and_two_stage_validation(small_config, tokenizer, sp
     assert call["max_tokens"] == bt + len(suffix) + 40
     assert call["extra_args"]["two_stage"] is True
     assert set(output.response_mask) == {1}, "original behaviour: forced tokens trained on"
-    if output.extra_fields["suffix_forced"]:
-        assert output.response_ids[bt : bt + len(suffix)] == suffix
+    # the 135M model never closes its thinking: the RL suffix is forced at Bt, and the answer
+    # tokens follow; two-stage responses are scored whole
+    assert output.extra_fields["suffix_forced"] is True
+    assert output.response_ids[bt : bt + len(suffix)] == suffix
+    assert len(output.response_ids) == call["max_tokens"]
 
 
 def test_reward_loader_gives_exact_values(tokenizer):
