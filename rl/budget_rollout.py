@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 from budgetthinker.control_spec import ControlSpec
-from budgetthinker.forcing import make_plan, thinking_cap
+from budgetthinker.forcing import FREE, Forcer, ForcingPlan, make_plan, thinking_cap
 from budgetthinker.generation import BudgetSettings, analyse
 from budgetthinker.rl.curriculum import generation_cap, truncate_for_scoring
 
@@ -60,6 +60,7 @@ def shape_response(
     kept = list(token_ids) if two_stage else truncate_for_scoring(token_ids, budget)
     kept = kept[:response_length]
     plan = make_plan(spec, budget, control=force, two_stage=two_stage, suffix=RL_SUFFIX)
+    check_forced(kept, plan)
     analysis = analyse(kept, spec, plan)
     forced = set(analysis.forced_positions)
     mask = [0 if mask_forced_tokens and i in forced else 1 for i in range(len(kept))]
@@ -76,3 +77,28 @@ def shape_response(
             "suffix_forced": analysis.suffix_forced,
         },
     }
+
+
+class ForcingMissing(RuntimeError):
+    """A response lacks a token the forcing machine must have forced: forcing is not active."""
+
+
+def check_forced(token_ids: list[int], plan: ForcingPlan) -> None:
+    """Fail loudly when the engine did not force what the plan says it must have.
+
+    An engine started without budgetthinker's logits processor (say, `engine_kwargs` overridden),
+    or one that cannot find the model's control-token spec, would otherwise train silently on
+    unforced rollouts.
+    """
+    forcer = Forcer(plan)
+    for i, token in enumerate(token_ids):
+        want = forcer.forced
+        if want != FREE and token != want:
+            raise ForcingMissing(
+                f"output position {i} should hold the forced token {want} but has {token}: the "
+                "rollout engine is not forcing control tokens; keep actor_rollout_ref.rollout."
+                "engine_kwargs.vllm.logits_processors=['budgetthinker.patches."
+                "vllm_logits_processor:BudgetForcingProcessor'] and budgetthinker_spec.json in "
+                "the model folder"
+            )
+        forcer.feed(token)

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from budgetthinker.forcing import make_plan, schedule, simulate
-from budgetthinker.rl.budget_rollout import RL_SUFFIX, budget_request, shape_response
+from budgetthinker.rl.budget_rollout import (
+    RL_SUFFIX,
+    ForcingMissing,
+    budget_request,
+    shape_response,
+)
 from budgetthinker.rl.curriculum import generation_cap, scored_length
 
 FREE_TOKEN = 42  # an ordinary token id the "model" proposes at every step
@@ -106,6 +111,33 @@ def test_shape_short_response_is_kept_whole(spec):
     assert shaped["response_ids"] == full
     assert shaped["extra_fields"]["truncated"] is False
     assert shaped["extra_fields"]["response_length"] == 100
+
+
+def test_unforced_rollouts_fail_loudly(spec):
+    """An engine without the processor returns plain sampled tokens: caught, not trained on."""
+    with pytest.raises(ForcingMissing, match="position 51 .*engine_kwargs.vllm.logits_processors"):
+        shape_response(
+            spec,
+            400,
+            [FREE_TOKEN] * 300,
+            None,
+            two_stage=False,
+            force=True,
+            mask_forced_tokens=True,
+            response_length=10000,
+        )
+    # with forcing switched off (remaining=default) nothing is expected
+    shaped = shape_response(
+        spec,
+        400,
+        [FREE_TOKEN] * 300,
+        None,
+        two_stage=False,
+        force=False,
+        mask_forced_tokens=True,
+        response_length=10000,
+    )
+    assert set(shaped["response_mask"]) == {1} and shaped["extra_fields"]["forced_tokens"] == 0
 
 
 def test_shape_two_stage_is_scored_whole(spec):
