@@ -16,6 +16,12 @@ from budgetthinker.rl.curriculum import generation_cap, scored_length
 FREE_TOKEN = 42  # an ordinary token id the "model" proposes at every step
 
 
+def shape(spec, budget, tokens, logprobs=None, **settings):
+    """`shape_response` with the release settings unless a test changes one."""
+    defaults = dict(two_stage=False, force=True, mask_forced_tokens=True, response_length=10000)
+    return shape_response(spec, budget, tokens, logprobs, **{**defaults, **settings})
+
+
 def forced_positions(spec, budget: int, length: int) -> list[int]:
     """Closed form (SPEC §2): the k-th forced token sits at k·delta + (k − 1)."""
     delta, first = schedule(spec.parsed_mode, budget)
@@ -58,16 +64,7 @@ def test_shape_truncates_masks_forced_and_reports_untruncated_length(spec, budge
     cap = generation_cap(budget, 10000)
     full = simulate(make_plan(spec, budget), [FREE_TOKEN] * cap)
     logprobs = [-0.5] * cap
-    shaped = shape_response(
-        spec,
-        budget,
-        full,
-        logprobs,
-        two_stage=False,
-        force=True,
-        mask_forced_tokens=True,
-        response_length=10000,
-    )
+    shaped = shape(spec, budget, full, logprobs)
     kept = scored_length(budget)
     assert shaped["response_ids"] == full[:kept]
     expected = forced_positions(spec, budget, kept)
@@ -81,16 +78,7 @@ def test_shape_truncates_masks_forced_and_reports_untruncated_length(spec, budge
 
 def test_shape_original_behaviour_trains_on_forced_tokens(spec):
     full = simulate(make_plan(spec, 400), [FREE_TOKEN] * 300)
-    shaped = shape_response(
-        spec,
-        400,
-        full,
-        None,
-        two_stage=False,
-        force=True,
-        mask_forced_tokens=False,
-        response_length=10000,
-    )
+    shaped = shape(spec, 400, full, mask_forced_tokens=False)
     assert set(shaped["response_mask"]) == {1}
     assert shaped["extra_fields"]["forced_tokens"] > 0
     assert shaped["response_logprobs"] is None
@@ -98,16 +86,7 @@ def test_shape_original_behaviour_trains_on_forced_tokens(spec):
 
 def test_shape_short_response_is_kept_whole(spec):
     full = simulate(make_plan(spec, 2000), [FREE_TOKEN] * 100)
-    shaped = shape_response(
-        spec,
-        2000,
-        full,
-        None,
-        two_stage=False,
-        force=True,
-        mask_forced_tokens=True,
-        response_length=10000,
-    )
+    shaped = shape(spec, 2000, full)
     assert shaped["response_ids"] == full
     assert shaped["extra_fields"]["truncated"] is False
     assert shaped["extra_fields"]["response_length"] == 100
@@ -116,27 +95,9 @@ def test_shape_short_response_is_kept_whole(spec):
 def test_unforced_rollouts_fail_loudly(spec):
     """An engine without the processor returns plain sampled tokens: caught, not trained on."""
     with pytest.raises(ForcingMissing, match="position 51 .*engine_kwargs.vllm.logits_processors"):
-        shape_response(
-            spec,
-            400,
-            [FREE_TOKEN] * 300,
-            None,
-            two_stage=False,
-            force=True,
-            mask_forced_tokens=True,
-            response_length=10000,
-        )
+        shape(spec, 400, [FREE_TOKEN] * 300)
     # with forcing switched off (remaining=default) nothing is expected
-    shaped = shape_response(
-        spec,
-        400,
-        [FREE_TOKEN] * 300,
-        None,
-        two_stage=False,
-        force=False,
-        mask_forced_tokens=True,
-        response_length=10000,
-    )
+    shaped = shape(spec, 400, [FREE_TOKEN] * 300, force=False)
     assert set(shaped["response_mask"]) == {1} and shaped["extra_fields"]["forced_tokens"] == 0
 
 
@@ -144,16 +105,7 @@ def test_shape_two_stage_is_scored_whole(spec):
     budget = 400
     plan = make_plan(spec, budget, two_stage=True, suffix=RL_SUFFIX)
     full = simulate(plan, [FREE_TOKEN] * 460)
-    shaped = shape_response(
-        spec,
-        budget,
-        full,
-        None,
-        two_stage=True,
-        force=True,
-        mask_forced_tokens=True,
-        response_length=10000,
-    )
+    shaped = shape(spec, budget, full, two_stage=True)
     assert shaped["response_ids"] == full
     assert shaped["extra_fields"]["suffix_forced"] is True
     suffix = list(spec.suffix_ids[RL_SUFFIX])
@@ -184,16 +136,7 @@ def test_real_vllm_processor_forces_what_shape_masks(vllm_backend, spec, prompt_
         full = list(out.outputs[0].token_ids)
         assert len(full) == request["max_tokens"] == generation_cap(budget, response_length)
         logprobs = [next(iter(lp.values())).logprob for lp in out.outputs[0].logprobs]
-        shaped = shape_response(
-            spec,
-            budget,
-            full,
-            logprobs,
-            two_stage=False,
-            force=True,
-            mask_forced_tokens=True,
-            response_length=response_length,
-        )
+        shaped = shape(spec, budget, full, logprobs, response_length=response_length)
         kept = scored_length(budget)
         masked = [i for i, m in enumerate(shaped["response_mask"]) if m == 0]
         assert masked == forced_positions(spec, budget, kept)
