@@ -23,6 +23,7 @@ import json
 import os
 import shlex
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,10 +264,12 @@ def run(recipe: Path, user_overrides: list[str], dry_run: bool = False) -> int:
     prepared = prepare(recipe, user_overrides)
     data = prepared.data
     print(
-        f"[rl] curriculum stream: {data.total_steps} steps ({data.steps_per_epoch} per epoch), "
-        f"budgets {sorted(set(data.budgets))} → {data.train_file}",
+        f"[rl] curriculum stream: {data.total_steps} steps ({data.steps_per_epoch} per epoch) "
+        f"→ {data.train_file}",
         file=sys.stderr,
     )
+    for line in epoch_summary(data.budgets, data.steps_per_epoch):
+        print(f"[rl]   {line}", file=sys.stderr)
     print(f"[rl] resolved verl config → {prepared.run_dir / 'verl_config.yaml'}", file=sys.stderr)
     # verl's TensorBoard logger writes here (its default is ./tensorboard_log/…); the original
     # launch script set TENSORBOARD_DIR per experiment too.
@@ -281,6 +284,17 @@ def run(recipe: Path, user_overrides: list[str], dry_run: bool = False) -> int:
     sys.stderr.flush()
     os.execv(prepared.command[0], prepared.command)
     return 0  # not reached
+
+
+def epoch_summary(budgets: list[int], steps_per_epoch: int) -> list[str]:
+    """One line per epoch: its steps and how many of them drew each budget."""
+    lines = []
+    for start in range(0, len(budgets), steps_per_epoch):
+        epoch = budgets[start : start + steps_per_epoch]
+        counts = Counter(epoch)
+        drawn = " ".join(f"{b}×{counts[b]}" for b in sorted(counts))
+        lines.append(f"epoch {start // steps_per_epoch + 1}: {len(epoch)} steps · budgets {drawn}")
+    return lines
 
 
 def _quote(value: str) -> str:

@@ -124,7 +124,11 @@ def test_dry_run_prints_the_verl_command(tmp_path, capsys):
 
     argv = ["rl", "--engine", "verl", "--config", "8ratio_v1", "--dry-run", *small_run(tmp_path)]
     assert main(argv) == 0
-    command = capsys.readouterr().out.strip()
+    captured = capsys.readouterr()
+    per_epoch = SMALL // BATCH
+    assert f"epoch 1: {per_epoch} steps · budgets 6000×{per_epoch}" in captured.err
+    assert f"epoch 6: {per_epoch} steps · budgets 2000×{per_epoch}" in captured.err
+    command = captured.out.strip()
     assert "-m verl.trainer.main_ppo" in command and "--config-name=8ratio_v1" in command
     assert f"trainer.save_freq={SMALL // BATCH}" in command
     run = tmp_path / "8ratio_v1"
