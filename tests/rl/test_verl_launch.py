@@ -6,7 +6,6 @@ verl cannot train on CPU, but everything up to starting Ray can be checked here.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -242,7 +241,6 @@ def test_release_data_files_stream(tmp_path, prepared_model):
     shared = Path(__file__).resolve().parents[3] / "shared" / "data" / "rl" / "train_RL.parquet"
     if not shared.is_file():
         pytest.skip("../shared/data/rl is not present")
-    os.chdir(tmp_path)
     prepared = prepare(
         RECIPE,
         [
