@@ -241,6 +241,8 @@ def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
         "verl.trainer.main_ppo",
         f"--config-path={recipe.parent.resolve()}",
         f"--config-name={recipe.stem}",
+        # Hydra's own run folder (resolved config, log) goes with the run, not into ./outputs/
+        f"hydra.run.dir={_quote(str(run_dir.resolve() / 'hydra'))}",
         *final,
     ]
     return Prepared(command, final, data, run_dir, resolved)

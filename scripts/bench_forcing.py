@@ -21,8 +21,8 @@ the script waits (bounded by `--max-wait`) for other processes to leave the CPUs
 Progress and engine logs go to stderr; stdout gets a table and, as its last line, one JSON
 object. Example:
 
-    BUDGETTHINKER_CACHE=/tmp/btcache python scripts/bench_forcing.py         # ~6 min on 2 cores
-    BUDGETTHINKER_CACHE=/tmp/btcache python scripts/bench_forcing.py --quick # smoke run, ~1 min
+    python scripts/bench_forcing.py           # ~6 min on 2 cores
+    python scripts/bench_forcing.py --quick   # smoke run, ~1 min
 """
 
 from __future__ import annotations

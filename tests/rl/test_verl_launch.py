@@ -130,6 +130,7 @@ def test_dry_run_prints_the_verl_command(tmp_path, capsys):
     command = captured.out.strip()
     assert "-m verl.trainer.main_ppo" in command and "--config-name=8ratio_v1" in command
     assert f"trainer.save_freq={SMALL // BATCH}" in command
+    assert f'hydra.run.dir="{tmp_path / "8ratio_v1" / "hydra"}"' in command
     run = tmp_path / "8ratio_v1"
     assert (run / "data" / "train.parquet").is_file() and (run / "data" / "val.parquet").is_file()
     resolved = OmegaConf.load(run / "verl_config.yaml")
