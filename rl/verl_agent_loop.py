@@ -25,7 +25,6 @@ glue around it.
 from __future__ import annotations
 
 import functools
-import logging
 from typing import Any
 from uuid import uuid4
 
@@ -34,8 +33,6 @@ from verl.utils.profiler import simple_timer
 
 from budgetthinker.control_spec import ControlSpec, load_spec
 from budgetthinker.rl.budget_rollout import budget_request, shape_response
-
-logger = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=4)
