@@ -1,53 +1,80 @@
 """The one math grader: answer extraction and equivalence, shared by evaluation and the RL reward.
 
-* `extract_answer` takes the last `\\boxed{...}` (or `\\fbox{...}`, or `\\boxed 5`) of a response;
-  for GSM8K a final `#### N` line is accepted too. It is a single linear scan, safe on huge or
-  malformed text.
+* `extract` (module `extraction`) finds a response's final answer and the rule that found it:
+  a method's own format (TALE `[[...]]`, s1 `Answer:`), the last `\\boxed{}` (with the group of
+  boxes that may end a multi-part answer), then math-verify's own extraction ("final answer
+  is", `$...$`, plain numbers). `grading.extraction: qwen` is the original's last-boxed rule.
 * `is_equivalent` decides whether a predicted answer equals the gold one: a string-normalised
   exact match first (fast path), then math-verify (`parse` + `verify`), with both answers wrapped
   in `\\boxed{}` so LaTeX and plain numbers parse alike. It never raises; a check that runs past
   its time limit counts as wrong.
-* `grade` = extract + equivalence, and is what the RL reward reuses; `grade_many` grades a list in
-  worker processes with a hard per-item deadline, so an answer that hangs the grader (even inside
-  C code, where signals cannot reach) only costs that item.
+* `grade` = extract + equivalence, and is what the RL reward reuses; every `GradeResult` says
+  which `rule` extracted the answer. `Grader` grades in worker processes with a hard per-item
+  deadline, so an answer that hangs the grader (even inside C code, where signals cannot reach)
+  only costs that item; `Grader.grade_one` is the same deadline for one answer, from any thread.
 
-In front of math-verify, two rules decide cases it gets wrong or that depend on the antlr4
+In front of math-verify, a few rules decide cases it gets wrong or that depend on the antlr4
 runtime: numbers with base subscripts compare by value (`4210_{6}` ≠ `4210_{5}`; math-verify drops
-the base), and `N%` equals N and N/100 (math-verify's own rule, but with antlr4 4.9.3 — verl's
-hydra pin — latex2sympy cannot parse `\\%` at all). math-verify parses in `first_match` mode (see
-`_parse`), so an answer it cannot parse is compared as text instead of by some fragment of it.
+the base); `N%` (also `N pct`, `N percent`) equals N and N/100 (math-verify's own rule, but with
+antlr4 4.9.3 — verl's hydra pin — latex2sympy cannot parse `\\%` at all); a decimal comma equals
+the decimal point (`1000,99` = `1000.99`, a comma list is compared as a list); a mixed number
+`7 3/4` is 31/4. math-verify parses in `first_match` mode (see `_parse`), so an answer it cannot
+parse is compared as text instead of by some fragment of it.
 
 Time limits: math-verify's own timeouts use `signal.alarm` with whole seconds, one per parse or
 comparison. This module instead switches them off and puts one `SIGALRM` interval timer (float
 seconds) around the whole check. Signals work only in the main thread: off the main thread the
-check runs without a time limit; use `grade_many` (worker processes) there.
+check runs without a time limit; use a `Grader` (worker processes) there, as the RL reward does.
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import re
 import signal
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from multiprocessing.connection import wait
-from typing import Any
+from typing import Any, NamedTuple
 
 from budgetthinker.errors import UserError
+from budgetthinker.evaluation.extraction import (
+    ANSWER_FORMATS,
+    EXTRACTIONS,
+    Extraction,
+    check_answer_format,
+    check_extraction,
+    extract,
+    extract_boxed,
+)
+from budgetthinker.evaluation.grader_pool import Pool, Worker
+
+__all__ = [
+    "ANSWER_FORMATS",
+    "BENCHMARKS",
+    "EXTRACTIONS",
+    "GradeItem",
+    "GradeResult",
+    "Grader",
+    "explain",
+    "extract",
+    "extract_answer",
+    "extract_boxed",
+    "gold_answer",
+    "grade",
+    "grade_many",
+    "is_equivalent",
+]
 
 logger = logging.getLogger(__name__)
 
 BENCHMARKS = ("math500", "aime24", "amc23", "gsm8k", "minerva_math", "olympiadbench")
 """Benchmarks whose raw rows `gold_answer` knows; any other name reads the `answer` field."""
 
-_BOX_COMMANDS = ("\\boxed", "\\fbox")
 _TEXT_WRAPPER = re.compile(r"\\(?:text|textrm|textbf|textit|mathrm|mbox)\s*\{([^{}]*)\}")
 # `\text{5 cm}` → `5\text{ cm}`, so math-verify strips the unit as it does for `5\text{ cm}`.
 _TEXT_NUMBER_UNIT = re.compile(
@@ -55,11 +82,17 @@ _TEXT_NUMBER_UNIT = re.compile(
 )
 _NOISE = re.compile(r"\\left(?![A-Za-z])|\\right(?![A-Za-z])|\\displaystyle|\\[!,;: ]|\$|\s+")
 _PY_FRACTION = re.compile(r"(\d)\./")  # `-1./3` (Python float style) → `-1/3`
+_MIXED_NUMBER = re.compile(r"^\s*(-?)(\d+)\s+(\d+)\s*/\s*(\d+)\s*$")  # 7 3/4
 _NUMBER = r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)"  # 1,000.5 but not 1,2
 _PLAIN_NUMBER = re.compile(rf"^\s*({_NUMBER})\s*$")
-_PERCENT = re.compile(rf"^\s*({_NUMBER})\s*(?:\\?%|\\text\{{\s*\\?%\s*\}}|percent)\s*$")
+_PERCENT = re.compile(
+    rf"^\s*({_NUMBER})\s*(?:\\?%|\\text\{{\s*\\?%\s*\}}|(?i:\s*(?:percentage|percent|pct)))\s*$"
+)
+_DECIMAL_COMMA = re.compile(r"^\s*(-?\d+),(\d{1,2}|\d{4,})\s*$")  # 1000,99 (not 1,000)
+_DECIMAL_POINT = re.compile(r"^\s*(-?\d+)\.(\d+)\s*$")
 _BASE_NUMBER = re.compile(r"^(\d[0-9A-Z]*)_\{?(\d+)\}?$")  # 4210_{5}, 1A3_{12}
 _THOUSANDS = re.compile(r"^-?\d{1,3}(?:,\d{3})+(?:\.\d+)?$")
+_TOP_LEVEL_SEPARATOR = re.compile(r",|;|\\text\{\s*(?:and|or)\s*\}|\band\b")
 
 
 class _CheckTimeout(BaseException):
@@ -76,83 +109,47 @@ class GradeResult:
         correct (`bool`): whether it is equivalent to the gold answer.
         timed_out (`bool`, *optional*, defaults to `False`): the check ran past its time limit
             (or its worker had to be killed) and was counted as wrong.
+        rule (`str` or `None`, *optional*): the extraction rule that found `predicted`
+            (`"boxed"`, `"boxed group"`, `"math-verify final answer is (latex)"`, `"tale [[...]]"`,
+            ...); `None` when nothing was found.
     """
 
     predicted: str | None
     correct: bool
     timed_out: bool = False
+    rule: str | None = None
+
+
+Grade = GradeResult
+"""Short name of `GradeResult`."""
+
+
+class GradeItem(NamedTuple):
+    """One answer to grade: what `Grader.grade_many` takes (plain 3-tuples work too)."""
+
+    response: str
+    gold: str
+    benchmark: str | None = None
+    answer_format: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------
-# Extraction
+# Extraction (see `budgetthinker.evaluation.extraction`)
 
 
-def extract_boxed(text: str) -> str | None:
-    """Content of the last `\\boxed{...}` / `\\fbox{...}` in `text`, or `None` if there is none.
+def extract_answer(
+    text: str,
+    benchmark: str | None = None,
+    *,
+    answer_format: str | None = None,
+    extraction: str = "default",
+) -> str | None:
+    """The final answer in a model response (the text of `extract`), `None` when it has none.
 
-    Braces nest; `\\{` and `\\}` do not count. `\\boxed 5` (no braces) gives the token after the
-    space. An unclosed last box (a truncated answer) gives `None`. Linear time.
-
-    >>> extract_boxed(r"so $x = \\boxed{\\frac{1}{2}}$ and \\boxed{\\{1, 2\\}}.")
-    '\\\\{1, 2\\\\}'
+    >>> extract_answer("so \\boxed{7}, and the answer is 7")
+    '7'
     """
-    if not isinstance(text, str):
-        return None
-    # Last occurrence of each command before the current cut; each one is searched again only
-    # when it is consumed, so the scan stays linear even with many look-alikes (\boxedfoo).
-    found = {cmd: text.rfind(cmd) for cmd in _BOX_COMMANDS}
-    while True:
-        cmd = max(found, key=found.__getitem__)
-        start = found[cmd]
-        if start < 0:
-            return None
-        i = start + len(cmd)
-        if i < len(text) and text[i].isalpha():  # another command, e.g. \boxedtext
-            found[cmd] = text.rfind(cmd, 0, start)
-            continue
-        while i < len(text) and text[i] in " \t":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            return _braced(text, i)
-        j = i  # `\boxed 5`: the token that follows, up to a space, `$` or `}`
-        while j < len(text) and not text[j].isspace() and text[j] not in "$}":
-            j += 1
-        return text[i:j].rstrip(".,;") or None
-
-
-def _braced(text: str, open_at: int) -> str | None:
-    """Text between the brace at `open_at` and its matching close, or None if unclosed."""
-    depth = 0
-    i = open_at
-    n = len(text)
-    while i < n:
-        c = text[i]
-        if c == "\\":
-            i += 2  # an escaped character (\{, \}, \\) never opens or closes
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[open_at + 1 : i].strip()
-        i += 1
-    return None
-
-
-def extract_answer(text: str, benchmark: str | None = None) -> str | None:
-    """The final answer in a model response: the last boxed content; for GSM8K, a final
-    `#### N` line when nothing is boxed. `None` when there is no answer.
-
-    >>> extract_answer("... so she earns $18.\\n#### 18", "gsm8k")
-    '18'
-    """
-    boxed = extract_boxed(text)
-    if boxed is not None or not isinstance(text, str):
-        return boxed
-    if benchmark is not None and benchmark.lower() == "gsm8k":
-        return _hash_answer(text)
-    return None
+    return extract(text, benchmark, answer_format=answer_format, extraction=extraction).answer
 
 
 def _hash_answer(text: str) -> str | None:
@@ -246,18 +243,66 @@ def grade(
     benchmark: str | None = None,
     timeout: float = 5.0,
     *,
+    answer_format: str | None = None,
+    extraction: str = "default",
     fast_path: bool = True,
 ) -> GradeResult:
     """Extract the answer of a response and check it against `gold` (the RL reward's accuracy).
 
+    `answer_format` names a method's own format (`ANSWER_FORMATS`: `"tale"`, `"s1"`), tried
+    first; `extraction="qwen"` (or `"seed"`) uses the original's last-boxed rule instead of the
+    chain. When several boxes end the response and the gold answer has several parts, the
+    group is graded (`rule="boxed group"`), else the last box.
+
     >>> grade("... hence **Final Answer** \\\\boxed{2, 1}", "1, 2")
-    GradeResult(predicted='2, 1', correct=True, timed_out=False)
+    GradeResult(predicted='2, 1', correct=True, timed_out=False, rule='boxed')
     """
-    predicted = extract_answer(response_text, benchmark)
-    if predicted is None:
-        return GradeResult(predicted=None, correct=False)
-    correct, timed_out = _check(predicted, gold, timeout, fast_path)
-    return GradeResult(predicted=predicted, correct=correct, timed_out=timed_out)
+    found = _extract_within(response_text, benchmark, answer_format, extraction, timeout)
+    if found is None:
+        return GradeResult(extract_boxed(response_text), False, True, "boxed")
+    if not found.answer:
+        return GradeResult(None, False)
+    predicted, rule = found.answer, found.rule
+    if found.group is not None and _has_parts(gold):
+        predicted, rule = found.group, "boxed group"
+    pred_parsed = [found.parsed, found.answer] if found.parsed is not None else None
+    correct, timed_out = _check(predicted, gold, timeout, fast_path, pred_parsed=pred_parsed)
+    return GradeResult(predicted, correct, timed_out, rule)
+
+
+def _extract_within(
+    text: str, benchmark: str | None, answer_format: str | None, extraction: str, timeout: float
+) -> Extraction | None:
+    """`extract` under the time limit (math-verify's extraction parses); None if it ran out.
+    Name errors are checked first, outside the limit, so they surface as `UserError`."""
+    check_answer_format(answer_format)
+    check_extraction(extraction)
+    try:
+        with _time_limit(timeout):
+            return extract(text, benchmark, answer_format=answer_format, extraction=extraction)
+    except _CheckTimeout:
+        return None
+
+
+def _has_parts(gold: str) -> bool:
+    """Whether a gold answer lists several parts (`1, -2`, `{1,2,3}`, `x=1 and y=2`): a
+    separator outside every bracket once one outer pair of braces is removed."""
+    if not isinstance(gold, str):
+        return False
+    text = gold.strip()
+    for left, right in (("\\{", "\\}"), ("\\left\\{", "\\right\\}"), ("{", "}")):
+        if text.startswith(left) and text.endswith(right):
+            text = text[len(left) : -len(right)]
+            break
+    depth = 0
+    for i, c in enumerate(text):
+        if c in "([{":
+            depth += 1
+        elif c in ")]}":
+            depth -= 1
+        elif depth == 0 and _TOP_LEVEL_SEPARATOR.match(text, i):
+            return True
+    return False
 
 
 def explain(
@@ -284,13 +329,17 @@ def _normalise(text: str) -> str:
 
 def _prepare(text: str) -> str:
     """Rewrites math-verify gets wrong, applied to both answers before parsing."""
-    text = _PY_FRACTION.sub(r"\1/", text.strip())
+    text = _PY_FRACTION.sub(r"\1/", text.strip()).replace("\\mathrm{e}", "e")  # unit rule drops it
     match = _TEXT_NUMBER_UNIT.match(text)
     if match:
         return f"{match.group(1)}\\text{{ {match.group(2).strip()}}}"
     match = _PERCENT.match(text)
     if match:  # parses alike with every antlr4 runtime (4.9.3 fails on `\\%`)
         return f"\\frac{{{match.group(1).replace(',', '')}}}{{100}}"
+    match = _MIXED_NUMBER.match(text)
+    if match:  # math-verify reads `7 3/4` as a product
+        sign, whole, num, den = match.groups()
+        return f"{sign}\\frac{{{int(whole) * int(den) + int(num)}}}{{{den}}}"
     return text
 
 
@@ -300,39 +349,17 @@ def _check(
     timeout: float,
     fast_path: bool,
     trace: dict[str, Any] | None = None,
+    pred_parsed: list[Any] | None = None,
 ) -> tuple[bool, bool]:
-    """(correct, timed_out) for two answers; never raises an `Exception`."""
+    """(correct, timed_out) for two answers; never raises an `Exception`.
+
+    `pred_parsed` is math-verify's own parse of `pred` when its extraction found it in a
+    response; it counts too, so the answer is equivalent when either parse agrees with gold."""
     if not isinstance(pred, str) or not isinstance(gold, str) or not pred.strip():
         return False, False
     try:
         with _time_limit(timeout):
-            pred_norm, gold_norm = _normalise(pred), _normalise(gold)
-            if trace is not None:
-                trace.update(pred_normalised=pred_norm, gold_normalised=gold_norm)
-            if fast_path and pred_norm and pred_norm == gold_norm:
-                if trace is not None:
-                    trace["decided_by"] = "fast path (equal normalised strings)"
-                return True, False
-            for rule, name in _RULES:
-                verdict = rule(pred, gold)
-                if verdict is not None:
-                    if trace is not None:
-                        trace["decided_by"] = name
-                    return verdict, False
-            if trace is not None:
-                trace["decided_by"] = "math-verify"
-            mv = _math_verify()
-            gold_parsed, pred_parsed = _parse(mv, gold), _parse(mv, pred)
-            if trace is not None:
-                trace.update(
-                    gold_parsed=[str(x) for x in gold_parsed],
-                    pred_parsed=[str(x) for x in pred_parsed],
-                    gold_is_math=any(not isinstance(x, str) for x in gold_parsed),
-                    pred_is_math=any(not isinstance(x, str) for x in pred_parsed),
-                )
-            if not gold_parsed or not pred_parsed:
-                return False, False
-            return bool(mv.verify(gold_parsed, pred_parsed, timeout_seconds=None)), False
+            return _decide(pred, gold, fast_path, trace, pred_parsed), False
     except _CheckTimeout:
         return False, True
     except UserError:
@@ -342,6 +369,44 @@ def _check(
             raise
         logger.debug("grading %r against %r failed", pred[:80], gold[:80], exc_info=True)
         return False, False
+
+
+def _decide(
+    pred: str,
+    gold: str,
+    fast_path: bool,
+    trace: dict[str, Any] | None,
+    extracted: list[Any] | None,
+) -> bool:
+    """The verdict: fast path, then the project's rules, then math-verify."""
+    note = trace if trace is not None else {}
+    pred_norm, gold_norm = _normalise(pred), _normalise(gold)
+    note.update(pred_normalised=pred_norm, gold_normalised=gold_norm)
+    if fast_path and pred_norm and pred_norm == gold_norm:
+        note["decided_by"] = "fast path (equal normalised strings)"
+        return True
+    for rule, name in _RULES:
+        verdict = rule(pred, gold)
+        if verdict is not None:
+            note["decided_by"] = name
+            return verdict
+    note["decided_by"] = "math-verify"
+    mv = _math_verify()
+    gold_parsed, pred_parsed = _parse(mv, gold), _parse(mv, pred)
+    note.update(
+        gold_parsed=[str(x) for x in gold_parsed],
+        pred_parsed=[str(x) for x in pred_parsed],
+        gold_is_math=any(not isinstance(x, str) for x in gold_parsed),
+        pred_is_math=any(not isinstance(x, str) for x in pred_parsed),
+    )
+    if not gold_parsed:
+        return False
+    if pred_parsed and mv.verify(gold_parsed, pred_parsed, timeout_seconds=None):
+        return True
+    if extracted is not None and mv.verify(gold_parsed, extracted, timeout_seconds=None):
+        note["decided_by"] = "math-verify (its own parse of the response)"
+        return True
+    return False
 
 
 def _parse(mv: Any, answer: str) -> list[Any]:
@@ -396,9 +461,21 @@ def _decimal(text: str) -> Decimal | None:
     return value if value.is_finite() else None
 
 
+def _compare_decimal_comma(pred: str, gold: str) -> bool | None:
+    """`1000,99` against `1000.99`: a decimal comma on one side, a decimal point on the other.
+    (Both answers in one notation go to math-verify, which reads `1,2` as a list.) None when
+    this rule does not apply."""
+    for comma_side, point_side in ((pred, gold), (gold, pred)):
+        comma, point = _DECIMAL_COMMA.match(comma_side), _DECIMAL_POINT.match(point_side)
+        if comma and point:
+            return _decimal(f"{comma[1]}.{comma[2]}") == _decimal(f"{point[1]}.{point[2]}")
+    return None
+
+
 _RULES = (
     (_compare_bases, "number-base rule (both answers have a base subscript)"),
     (_compare_percent, "percent rule (N% equals N and N/100)"),
+    (_compare_decimal_comma, "decimal-comma rule (1000,99 equals 1000.99)"),
 )
 
 _MV: Any = None
@@ -465,18 +542,20 @@ def _time_limit(seconds: float) -> Iterator[None]:
 
 
 def grade_many(
-    items: Sequence[tuple[str, str, str | None]],
+    items: Sequence[tuple],
     workers: int = 2,
     timeout: float = 5.0,
     progress: bool = True,
     *,
     hard_timeout: float | None = None,
     fast_path: bool = True,
+    extraction: str = "default",
 ) -> list[GradeResult]:
-    """Grade `(response_text, gold, benchmark)` triples; results come back in input order.
+    """Grade `(response_text, gold, benchmark[, answer_format])` items (or `GradeItem`s);
+    results come back in input order.
 
     Args:
-        items (`Sequence[tuple[str, str, str | None]]`): what to grade.
+        items (`Sequence[tuple]`): what to grade.
         workers (`int`, *optional*, defaults to `2`): worker processes (spawn); `<= 1` grades in
             this process, with the signal time limit only.
         timeout (`float`, *optional*, defaults to `5.0`): time limit of one check, in seconds.
@@ -485,8 +564,11 @@ def grade_many(
             A worker still busy after it — stuck where signals cannot interrupt it — is killed and
             replaced, and its item is marked `timed_out=True`, `correct=False`.
         fast_path (`bool`, *optional*, defaults to `True`): see `is_equivalent`.
+        extraction (`str`, *optional*, defaults to `"default"`): see `grade`.
     """
-    with Grader(workers, timeout, hard_timeout=hard_timeout, fast_path=fast_path) as grader:
+    with Grader(
+        workers, timeout, hard_timeout=hard_timeout, fast_path=fast_path, extraction=extraction
+    ) as grader:
         return grader.grade_many(items, progress=progress)
 
 
@@ -494,8 +576,9 @@ class Grader:
     """Grading workers kept alive across calls: the evaluation runner grades chunk after chunk,
     and starting workers (spawn + importing sympy) costs seconds each time.
 
-    Use as a context manager; `grade_many` takes the same items as the module-level function.
-    Workers start on first use.
+    Use as a context manager. `grade_many` takes the same items as the module-level function;
+    `grade_one` grades one answer in a worker under the hard deadline, from any thread (the RL
+    reward). Workers start on first use.
     """
 
     def __init__(
@@ -505,40 +588,73 @@ class Grader:
         *,
         hard_timeout: float | None = None,
         fast_path: bool = True,
+        extraction: str = "default",
     ) -> None:
+        check_extraction(extraction)
         self.workers = workers
         self.timeout = timeout
         self.deadline = hard_timeout if hard_timeout is not None else 2 * timeout + 5
         self.fast_path = fast_path
-        self._pool: _Pool | None = None
+        self.extraction = extraction
+        self._settings = {"timeout": timeout, "fast_path": fast_path, "extraction": extraction}
+        self._pool: Pool | None = None
+        self._idle: list[Worker] = []  # grade_one's workers, one per concurrent caller
+        self._lock = threading.Lock()
 
-    def grade_many(
-        self, items: Sequence[tuple[str, str, str | None]], progress: bool = False
-    ) -> list[GradeResult]:
+    def grade_many(self, items: Sequence[tuple], progress: bool = False) -> list[GradeResult]:
         from tqdm import tqdm
 
-        items = list(items)
+        items = [_item(x) for x in items]
         bar = tqdm(
             total=len(items), desc="grading", unit="answer", file=sys.stderr, disable=not progress
         )
         with bar:
             if self.workers <= 1 or not items:
                 results = []
-                for response, gold, benchmark in items:
+                for response, gold, benchmark, answer_format in items:
                     results.append(
-                        grade(response, gold, benchmark, self.timeout, fast_path=self.fast_path)
+                        grade(
+                            response, gold, benchmark, answer_format=answer_format, **self._settings
+                        )
                     )
                     bar.update()
                 return results
             if self._pool is None:
                 _math_verify()  # fail here, with the install hint, rather than in every worker
-                self._pool = _Pool(self.workers, self.timeout, self.fast_path)
-            return self._pool.run(items, self.deadline, bar)
+                self._pool = Pool(self.workers, self._settings)
+            return self._pool.run(items, self.deadline, bar, _lost)
+
+    def grade_one(
+        self,
+        response: str,
+        gold: str,
+        benchmark: str | None = None,
+        answer_format: str | None = None,
+    ) -> GradeResult:
+        """`grade` in a worker process, killed at the hard deadline; safe from any thread."""
+        item = _item((response, gold, benchmark, answer_format))
+        with self._lock:
+            worker = self._idle.pop() if self._idle else None
+        if worker is None:
+            _math_verify()
+            worker = Worker(self._settings)
+        result = worker.ask(item, self.deadline)
+        if result is None:
+            logger.warning("grading worker stuck after %.1f s (or died); killed", self.deadline)
+            worker.kill()
+            return _lost(item, True)
+        with self._lock:
+            self._idle.append(worker)
+        return result
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.close()
             self._pool = None
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for worker in idle:
+            worker.stop()
 
     def __enter__(self) -> Grader:
         return self
@@ -547,122 +663,20 @@ class Grader:
         self.close()
 
 
-_READY = "ready"
-_STARTUP_LIMIT_S = 300.0  # spawning and importing sympy/math-verify; slow disks take a while
+def _item(item: tuple) -> GradeItem:
+    """A `GradeItem` from a 2- to 4-tuple; an unknown answer format is a `UserError` here,
+    before any worker sees it."""
+    if not isinstance(item, tuple) or not 2 <= len(item) <= 4:
+        raise UserError(
+            f"a grading item is (response, gold[, benchmark[, answer_format]]), got {item!r:.80}"
+        )
+    item = GradeItem(*item)
+    check_answer_format(item.answer_format)
+    return item
 
 
-def _worker_main(conn: Any, timeout: float, fast_path: bool) -> None:
-    """Worker process: receive `(index, response, gold, benchmark)`, send `(index, GradeResult)`."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    _math_verify().parse("\\boxed{1}")  # warm up the LaTeX parser before the first deadline
-    conn.send(_READY)
-    while True:
-        task = conn.recv()
-        if task is None:
-            return
-        index, response, gold, benchmark = task
-        conn.send((index, grade(response, gold, benchmark, timeout, fast_path=fast_path)))
-
-
-class _Worker:
-    def __init__(self, ctx: Any, timeout: float, fast_path: bool) -> None:
-        self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_worker_main, args=(child, timeout, fast_path), daemon=True)
-        self.proc.start()
-        child.close()
-        self.ready = False
-        self.index: int | None = None
-        self.deadline = time.monotonic() + _STARTUP_LIMIT_S
-
-    def kill(self) -> None:
-        if self.proc.is_alive():
-            self.proc.kill()
-        self.proc.join(5)
-        self.conn.close()
-
-
-class _Pool:
-    """Worker processes fed one item at a time, each under a wall-clock deadline."""
-
-    def __init__(self, size: int, timeout: float, fast_path: bool) -> None:
-        self.ctx = multiprocessing.get_context("spawn")
-        self.args = (timeout, fast_path)
-        self.workers = [_Worker(self.ctx, *self.args) for _ in range(size)]
-
-    def run(self, items: list[tuple[str, str, str | None]], deadline: float, bar: Any):
-        results: list[GradeResult | None] = [None] * len(items)
-        todo = deque(range(len(items)))
-        left = len(items)
-
-        def give_work(w: _Worker) -> None:
-            if todo:
-                w.index = todo.popleft()
-                w.deadline = time.monotonic() + deadline
-                w.conn.send((w.index, *items[w.index]))
-            else:
-                w.index = None
-
-        def finish(index: int, result: GradeResult) -> None:
-            nonlocal left
-            results[index] = result
-            left -= 1
-            bar.update()
-
-        def replace(w: _Worker, timed_out: bool) -> None:
-            response, _, benchmark = items[w.index]
-            finish(w.index, GradeResult(extract_answer(response, benchmark), False, timed_out))
-            w.kill()
-            self.workers[self.workers.index(w)] = _Worker(self.ctx, *self.args)
-
-        for w in self.workers:  # workers left idle by an earlier call
-            if w.ready and w.index is None and todo:
-                give_work(w)
-        while left:
-            now = time.monotonic()
-            for w in list(self.workers):
-                if now < w.deadline:
-                    continue
-                if not w.ready:
-                    raise RuntimeError(
-                        f"a grading worker did not start within {_STARTUP_LIMIT_S:.0f} s"
-                    )
-                if w.index is not None:
-                    logger.warning(
-                        "item %d: grading worker still busy after %.1f s; killed and replaced",
-                        w.index,
-                        deadline,
-                    )
-                    replace(w, timed_out=True)
-            busy = [w for w in self.workers if not w.ready or w.index is not None]
-            nearest = min(w.deadline for w in busy)
-            for conn in wait([w.conn for w in busy], timeout=max(nearest - now, 0.01)):
-                w = next(w for w in self.workers if w.conn is conn)
-                try:
-                    message = conn.recv()
-                except (EOFError, OSError):
-                    if not w.ready:
-                        raise RuntimeError(
-                            f"a grading worker exited while starting (exit code "
-                            f"{w.proc.exitcode}); run one `grade` in-process to see the error"
-                        ) from None
-                    logger.warning("item %d: grading worker died; counted as wrong", w.index)
-                    replace(w, timed_out=False)
-                    continue
-                if message == _READY:
-                    w.ready = True
-                else:
-                    index, result = message
-                    finish(index, result)
-                give_work(w)
-            for w in self.workers:  # fresh replacements wait for work once ready
-                if w.ready and w.index is None and todo:
-                    give_work(w)
-        return results
-
-    def close(self) -> None:
-        for w in self.workers:
-            with suppress(OSError, ValueError):
-                w.conn.send(None)
-        for w in self.workers:
-            w.proc.join(2)
-            w.kill()
+def _lost(item: GradeItem, timed_out: bool) -> GradeResult:
+    """Stands in for an item whose worker was killed or died: wrong, with the last box (a cheap,
+    linear scan) as what was answered."""
+    boxed = extract_boxed(item.response)
+    return GradeResult(boxed, False, timed_out, "boxed" if boxed is not None else None)

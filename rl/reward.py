@@ -2,8 +2,16 @@
 
 Plain functions of plain values, so every engine shares them:
 
-* `accuracy_reward` — the shared grader (`budgetthinker.evaluation.grading.grade`): the last
-  `\\boxed{}` answer is equivalent to the ground truth. Evaluation and RL never disagree.
+* `accuracy_reward` — the shared grader (`budgetthinker.evaluation.grading.grade`): the
+  response's final answer (its last `\\boxed{}`, else math-verify's extraction: "the final answer
+  is", `$...$`, a plain number) is equivalent to the ground truth. Evaluation and RL never
+  disagree. `extraction="seed"` (the recipe's `compat: seed`) is the original reward's rule
+  instead: the text after the last "boxed" — `\\boxed X` without braces, an unclosed `\\boxed{X`
+  (common after truncation to `Bt − 50`) — else "the answer is X", else the last number. The
+  default stays the shared grader, deliberately: an unclosed box may be a cut answer
+  (`\\boxed{12` of `\\boxed{123}`), and a policy should not learn that any last number pays.
+  Off the main thread (verl and TRL call rewards from worker threads, where no signal time limit
+  can be set) the check runs in a grading process killed at its deadline (`Grader.grade_one`).
 * `format_reward` — after removing whitespace around `<`, `>` and `/`, the response contains
   `**Final Answer**\\boxed{...}`.
 * `length_reward` — piecewise in `d = (L − Bt) / Bt` with `Bt = B + B // 50` and `L` the
@@ -20,10 +28,12 @@ tokens are not part of it (they still count in `L`).
 
 from __future__ import annotations
 
+import atexit
 import re
+import threading
 from typing import Any
 
-from budgetthinker.evaluation.grading import grade
+from budgetthinker.evaluation.grading import Grader, GradeResult, grade
 
 ACCURACY_WEIGHT = 0.7
 FORMAT_WEIGHT = 0.15
@@ -54,13 +64,49 @@ def format_reward(text: str) -> float:
     return 1.0 if _FORMAT.fullmatch(normalise(text)) else 0.0
 
 
-def accuracy_reward(text: str, ground_truth: str, timeout: float = 5.0) -> float:
-    """1.0 if the last `\\boxed{}` answer is equivalent to `ground_truth` (the shared grader).
+def accuracy_reward(
+    text: str, ground_truth: str, timeout: float = 5.0, extraction: str = "default"
+) -> float:
+    """1.0 if the response's final answer is equivalent to `ground_truth` (the shared grader).
 
     >>> accuracy_reward("**Final Answer**\\\\boxed{\\\\frac{1}{2}}", "0.5")
     1.0
     """
-    return 1.0 if grade(normalise(text), str(ground_truth), timeout=timeout).correct else 0.0
+    return 1.0 if grade_response(text, ground_truth, timeout, extraction).correct else 0.0
+
+
+def grade_response(
+    text: str, ground_truth: str, timeout: float = 5.0, extraction: str = "default"
+) -> GradeResult:
+    """`grade` of a normalised response; off the main thread in a grading process with a hard
+    deadline (`2·timeout + 5` s), since the signal time limit only works on the main thread."""
+    text, gold = normalise(text), str(ground_truth)
+    if threading.current_thread() is threading.main_thread():
+        return grade(text, gold, timeout=timeout, extraction=extraction)
+    return _grader(timeout, extraction).grade_one(text, gold)
+
+
+_GRADERS: dict[tuple[float, str], Grader] = {}
+_GRADERS_LOCK = threading.Lock()
+
+
+def _grader(timeout: float, extraction: str) -> Grader:
+    """The grading processes of this reward process, one `Grader` per setting."""
+    with _GRADERS_LOCK:
+        key = (timeout, extraction)
+        if key not in _GRADERS:
+            if not _GRADERS:
+                atexit.register(_close_graders)
+            _GRADERS[key] = Grader(timeout=timeout, extraction=extraction)
+        return _GRADERS[key]
+
+
+def _close_graders() -> None:
+    with _GRADERS_LOCK:
+        graders = list(_GRADERS.values())
+        _GRADERS.clear()
+    for grader in graders:
+        grader.close()
 
 
 def length_reward(length: int, budget: int, accuracy: float) -> float:
@@ -84,16 +130,23 @@ def overall_reward(accuracy: float, fmt: float, length: float) -> float:
 
 
 def score(
-    text: str, ground_truth: str, *, budget: int, response_length: int, timeout: float = 5.0
+    text: str,
+    ground_truth: str,
+    *,
+    budget: int,
+    response_length: int,
+    timeout: float = 5.0,
+    extraction: str = "default",
 ) -> dict[str, float]:
     """All reward parts of one response: `score` (overall), `accuracy`, `format`, `length`.
 
     `text` is the response as scored (already truncated to `Bt − 50` tokens by the rollout),
-    `response_length` the untruncated number of generated tokens.
+    `response_length` the untruncated number of generated tokens, `extraction` `"default"` or
+    `"seed"` (the original reward's answer rule; see the module docstring).
     """
     _check_int("budget", budget)
     _check_int("response_length", response_length, minimum=0)
-    accuracy = accuracy_reward(text, ground_truth, timeout)
+    accuracy = accuracy_reward(text, ground_truth, timeout, extraction)
     fmt = format_reward(text)
     length = length_reward(response_length, budget, accuracy)
     return {
@@ -116,6 +169,8 @@ def compute_score(
     Reads the batch's budget B from `extra_info["budget"]` and the untruncated response length L
     from `extra_info["response_length"]`; `solution_str` is the truncated response decoded
     without special tokens (verl's default). `data_source` is not used: one reward for all rows.
+    `reward.custom_reward_function.reward_kwargs` may set `extraction` (`default` or `seed`, the
+    original reward's answer rule) and `timeout` (seconds per check).
     """
     info = extra_info or {}
     missing = [k for k in ("budget", "response_length") if info.get(k) is None]
@@ -126,13 +181,13 @@ def compute_score(
             "dataset and response_length from the budget rollout — use budgetthinker's rl "
             "recipe (configs/rl/*.yaml), not a plain verl dataset"
         )
-    timeout = float(kwargs.get("timeout", 5.0))
     return score(
         solution_str,
         ground_truth,
         budget=int(info["budget"]),
         response_length=int(info["response_length"]),
-        timeout=timeout,
+        timeout=float(kwargs.get("timeout", 5.0)),
+        extraction=str(kwargs.get("extraction", "default")),
     )
 
 
@@ -143,15 +198,17 @@ def trl_reward(
     budget: list[int],
     response_length: list[int],
     log_metric: Any = None,
+    extraction: str = "default",
     **kwargs: Any,
 ) -> list[float]:
     """TRL adapter: the overall reward per completion; the parts are logged as metrics.
 
     `answer` comes from the dataset, `budget` and `response_length` from the budget rollout
     (`budgetthinker.rl.trl_grpo`). Completions are TRL's decoded text (no special tokens).
+    `extraction="seed"` (bind it with `functools.partial`) is the original reward's answer rule.
     """
     results = [
-        score(_text(c), a, budget=b, response_length=n)
+        score(_text(c), a, budget=b, response_length=n, extraction=extraction)
         for c, a, b, n in zip(completions, answer, budget, response_length, strict=True)
     ]
     if log_metric is not None:

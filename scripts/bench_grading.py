@@ -13,13 +13,16 @@ through `grade_many` (worker processes, the same path evaluation uses):
     others fall back to a string comparison;
 (c) perturbed: a wrong answer per row — a numeric gold plus 1, else the last digit of the
     expression changed, else another row's gold that differs as a string → agreement = share
-    judged wrong (with the string fast path off, as any non-identical answer would be).
+    judged wrong (with the string fast path off, as any non-identical answer would be);
+(d) unboxed: the response "... so the final answer is $g$." (no box, as small models answer)
+    against g → how many the extraction chain finds and grades correct, and by which rule.
 
 Progress bars go to stderr; stdout gets a table, the failures, and as its last line one JSON
 object. Example:
 
     python scripts/bench_grading.py                          # all six, ~2 min on 2 cores
     python scripts/bench_grading.py --benchmarks math500 --workers 4
+    python scripts/bench_grading.py --extraction qwen         # the original's last-boxed rule
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import argparse
 import json
 import sys
 import time
+from collections import Counter
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -70,7 +74,12 @@ def timed(items, **kwargs):
 
 
 def bench(name: str, golds: list[str], args: argparse.Namespace) -> dict:
-    opts = {"workers": args.workers, "timeout": args.timeout, "progress": not args.quiet}
+    opts = {
+        "workers": args.workers,
+        "timeout": args.timeout,
+        "progress": not args.quiet,
+        "extraction": args.extraction,
+    }
     self_items = [("\\boxed{" + g + "}", g, name) for g in golds]
     self_res, self_s = timed(self_items, **opts)
     mv_res, mv_s = timed(self_items, fast_path=False, **opts)
@@ -78,6 +87,8 @@ def bench(name: str, golds: list[str], args: argparse.Namespace) -> dict:
     bad_items = [("\\boxed{" + w + "}", g, name) for (w, _), g in zip(wrong, golds, strict=True)]
     bad_res, bad_s = timed(bad_items, fast_path=False, **opts)
     accepted = [i for i, r in enumerate(bad_res) if r.correct]
+    unboxed_items = [(f"Let me see... so the final answer is ${g}$.", g, name) for g in golds]
+    unboxed_res, unboxed_s = timed(unboxed_items, **opts)
     # In-process and serial: which golds math-verify turns into an expression at all (the rest
     # are compared as strings, so (b) passes them trivially).
     unparsed = [
@@ -104,6 +115,10 @@ def bench(name: str, golds: list[str], args: argparse.Namespace) -> dict:
         "perturbed_agreement": round((len(golds) - len(accepted)) / max(len(golds), 1), 4),
         "perturbed_wall_s": round(bad_s, 2),
         "perturbed_accepted": [(wrong[i][0], golds[i]) for i in accepted],
+        "unboxed_correct": sum(r.correct for r in unboxed_res),
+        "unboxed_wall_s": round(unboxed_s, 2),
+        "unboxed_rules": dict(Counter(str(r.rule) for r in unboxed_res)),
+        "unboxed_failures": [golds[i] for i, r in enumerate(unboxed_res) if not r.correct],
     }
 
 
@@ -120,6 +135,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--workers", type=int, default=2, help="grading processes (default 2)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds per check (default 5)")
+    parser.add_argument(
+        "--extraction",
+        default="default",
+        choices=["default", "qwen", "seed"],
+        help="answer extraction (default: boxed, then math-verify's; qwen/seed: the original's)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
@@ -134,6 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"{'benchmark':<14}{'n':>6}{'self ok':>9}{'self s':>8}{'mv-only ok':>12}{'mv s':>8}"
         f"{'timeouts':>10}{'as math':>9}{'wrong judged wrong':>20}{'agreement':>11}"
+        f"{'unboxed ok':>12}"
     )
     print(header)
     print("-" * len(header))
@@ -142,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['benchmark']:<14}{r['n']:>6}{r['self_correct']:>9}{r['self_wall_s']:>8.1f}"
             f"{r['mv_self_correct']:>12}{r['mv_self_wall_s']:>8.1f}{r['mv_self_timeouts']:>10}{r['parsed_as_math']:>9}"
             f"{r['perturbed_judged_wrong']:>20}{r['perturbed_agreement']:>11.2%}"
+            f"{r['unboxed_correct']:>12}"
         )
     for r in rows:
         for key, label in (
@@ -149,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             ("mv_self_failures", "math-verify-only self failures"),
             ("unparsed", "golds math-verify does not parse into an expression"),
             ("perturbed_accepted", "perturbed answers accepted (wrong, gold)"),
+            ("unboxed_failures", "golds not found or not correct when stated unboxed"),
         ):
             if r[key]:
                 print(f"\n{r['benchmark']}: {label} ({len(r[key])}):")
@@ -157,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 if len(r[key]) > 15:
                     print(f"  … {len(r[key]) - 15} more")
     summary = {
+        "extraction": args.extraction,
         "workers": args.workers,
         "timeout_s": args.timeout,
         "benchmarks": {

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-import pickle
+import threading
+import time
 
 import pytest
 
@@ -160,4 +161,61 @@ def test_trl_adapter_and_pickling():
     )
     assert rewards == [pytest.approx(1.0), 0.0]
     assert logged == {"reward/accuracy": 0.5, "reward/format": 0.5, "reward/length": 0.5}
-    assert pickle.loads(pickle.dumps(compute_score)) is compute_score
+
+
+# The original reward's answer rule (compat: seed) against the default shared grader.
+SEED_ONLY = [
+    "**Final Answer**\\boxed 42",  # no braces: both rules read it
+    "**Final Answer**\\boxed{42",  # unclosed, as after truncation to Bt - 50
+    "so the answer is 42",
+    "I computed 6 * 7 = 42",
+    "**Final Answer**\\boxed \\sqrt{51}",
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "gold", "default", "seed"),
+    [
+        (SEED_ONLY[0], "42", 1.0, 1.0),
+        (SEED_ONLY[1], "42", 0.0, 1.0),
+        (SEED_ONLY[2], "42", 1.0, 1.0),
+        (SEED_ONLY[3], "42", 1.0, 1.0),
+        (SEED_ONLY[4], "\\sqrt{51}", 1.0, 1.0),  # not `\sqrt{51` (the whole braced token)
+        ("**Final Answer**\\boxed{41", "41", 0.0, 1.0),
+        # an empty cut box: the original reads the box (nothing); the default, the text
+        ("it is 41 and then I wrote **Final Answer**\\boxed{", "41", 1.0, 0.0),
+        ("so the answer is 5, not 42", "42", 0.0, 0.0),
+        ("\\boxed{42} and later the answer is 41", "42", 1.0, 1.0),  # a box wins in both
+    ],
+)
+def test_seed_extraction(text, gold, default, seed):
+    assert reward.accuracy_reward(text, gold) == default
+    assert reward.accuracy_reward(text, gold, extraction="seed") == seed
+    got = compute_score("x", text, gold, {"budget": 100, "response_length": 10}, extraction="seed")
+    assert got["accuracy"] == seed
+
+
+def test_unknown_extraction_is_an_error():
+    with pytest.raises(Exception, match="grading.extraction must be one of"):
+        reward.accuracy_reward("\\boxed{1}", "1", extraction="original")
+
+
+def test_compute_score_keeps_its_time_limit_off_the_main_thread():
+    """verl and TRL call rewards from worker threads, where no signal timer can be set: the
+    check runs in a grading process under a deadline instead of hanging the trainer."""
+    hang = "**Final Answer**\\boxed{9^{9^{9^{9}}}}"
+    info = {"budget": 100, "response_length": 10}
+    results = []
+
+    def work():
+        results.append(compute_score("x", hang, "1", info, timeout=1.0))
+        results.append(compute_score("x", GOOD, "42", info, timeout=1.0))
+
+    thread = threading.Thread(target=work)
+    started = time.monotonic()
+    thread.start()
+    thread.join(180)
+    assert not thread.is_alive(), "the reward hung off the main thread"
+    assert [r["accuracy"] for r in results] == [0.0, 1.0]
+    assert results[0]["format"] == 1.0
+    assert time.monotonic() - started < 120
