@@ -30,6 +30,18 @@ class SamplingConfig:
 class GradingConfig:
     workers: int = 2  # parallel grader processes
     timeout: float = 5.0  # seconds per equivalence check
+    # default: boxed, then math-verify's extraction; qwen (= seed): the original's last-boxed
+    # rule of the Qwen2.5-Math parser, for reproducing published numbers
+    extraction: str = "default"
+
+    def __post_init__(self) -> None:
+        from budgetthinker.evaluation.extraction import EXTRACTIONS
+
+        if self.extraction not in EXTRACTIONS:
+            raise ValueError(
+                f"grading.extraction must be one of {', '.join(EXTRACTIONS)}, "
+                f"got {self.extraction!r}"
+            )
 
 
 @dataclass

@@ -459,3 +459,12 @@ def test_cli_grade_bad_timeout(capsys):
     code, _, err = run_cli(capsys, "1", "1", "--timeout", "0")
     assert code == 2
     assert "--timeout" in err and "Traceback" not in err
+
+
+def test_grading_config_extraction():
+    from budgetthinker.evaluation.config import GradingConfig
+
+    assert GradingConfig().extraction == "default"
+    assert GradingConfig(extraction="qwen").extraction == "qwen"
+    with pytest.raises(ValueError, match="grading.extraction must be one of default, qwen, seed"):
+        GradingConfig(extraction="last_boxed")
