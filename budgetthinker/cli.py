@@ -186,11 +186,18 @@ def add_grade_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "pred",
         metavar="PRED",
-        help="a model response (its last \\boxed{} answer is graded) or a bare answer",
+        help="a model response (its answer is extracted as in evaluation) or a bare answer",
     )
     parser.add_argument("gold", metavar="GOLD", help="the gold answer")
+    parser.add_argument("--benchmark", default=None, help="benchmark name (e.g. minerva_math)")
     parser.add_argument(
-        "--benchmark", default=None, help="benchmark name; for gsm8k a final '#### N' also counts"
+        "--answer-format", default=None, help="a method's answer format tried first: tale | s1"
+    )
+    parser.add_argument(
+        "--extraction",
+        default="default",
+        choices=["default", "qwen", "seed"],
+        help="default: boxed, then math-verify's extraction; qwen/seed: the original's rule",
     )
     parser.add_argument(
         "--timeout", type=float, default=5.0, help="seconds for the check (default 5)"
@@ -203,22 +210,30 @@ def add_grade_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_grade(args: argparse.Namespace) -> int:
-    from budgetthinker.evaluation.grading import explain, extract_answer
+    from budgetthinker.evaluation.grading import explain, grade
 
     if not args.timeout > 0:
         raise UserError(f"--timeout must be a positive number of seconds, got {args.timeout}")
-    answer = extract_answer(args.pred, args.benchmark)
-    source = "the last \\boxed{} of PRED"
+    result = grade(
+        args.pred,
+        args.gold,
+        args.benchmark,
+        args.timeout,
+        answer_format=args.answer_format,
+        extraction=args.extraction,
+    )
+    answer, source, correct = result.predicted, f"rule {result.rule!r}", result.correct
     if answer is None:
-        answer, source = args.pred.strip(), "PRED itself (no \\boxed{} found)"
+        answer, source = args.pred.strip(), "PRED itself (no answer found in it)"
     info = explain(answer, args.gold, args.timeout)
+    correct = correct or info["correct"]
     if args.verbose:
         print(f"answer: {answer!r}, from {source}")
         print(f"gold: {args.gold!r}")
         for key, value in info.items():
             if key != "correct":
                 print(f"{key}: {value!r}" if isinstance(value, str) else f"{key}: {value}")
-    print("true" if info["correct"] else "false")
+    print("true" if correct else "false")
     return 0
 
 

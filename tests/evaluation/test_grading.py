@@ -438,6 +438,10 @@ def run_cli(capsys, *argv):
         (["It is 19", "18"], "false"),
         (["It is 18.\n#### 18", "18", "--benchmark", "gsm8k"], "true"),
         ([r"\boxed{" + HUGE_EXPONENT + "}", "1", "--timeout", "0.5"], "false"),
+        (["so [[12]] not 5", "12", "--answer-format", "tale"], "true"),
+        (["so [[12]] not 5", "12"], "false"),
+        ([r"**Final Answer**\boxed{12", "12", "--extraction", "qwen"], "true"),
+        ([r"\boxed{-2} and \boxed{1}", "1, -2"], "true"),
     ],
 )
 def test_cli_grade(capsys, argv, verdict):
@@ -453,6 +457,12 @@ def test_cli_grade_verbose(capsys):
     assert lines[-1] == "true"
     assert "'0.5'" in lines[0] and "boxed" in lines[0]  # the extracted answer and its source
     assert "1/2" in out  # the parsed forms
+
+
+def test_cli_grade_unknown_answer_format(capsys):
+    code, _, err = run_cli(capsys, "1", "1", "--answer-format", "tail")
+    assert code == 2
+    assert "unknown answer format 'tail'" in err and "Traceback" not in err
 
 
 def test_cli_grade_bad_timeout(capsys):
