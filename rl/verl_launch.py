@@ -7,8 +7,11 @@ forcing switches) that verl ignores. The launcher:
 1. composes the recipe with verl's own config schema and the command-line overrides (Hydra
    syntax, forwarded unchanged), so a typo fails here, before any GPU is touched;
 2. writes the curriculum stream and the validation rows as verl parquet files
-   (`runs/<experiment>/data/`, `budgetthinker.rl.verl_data`) for the SFT model's control tokens;
-3. points verl at them (in-order reading, one pass), at budgetthinker's agent loop, and sets
+   (`runs/<experiment>/data/`, `budgetthinker.rl.verl_data`) for the SFT model's control tokens,
+   leaving out problems whose prompt (the policy's chat template, as verl renders it) is longer
+   than `data.max_prompt_length`, before the stream is cut into one-budget batches;
+3. points verl at them (in-order reading, one pass, verl's own overlong filter off so no row
+   shifts a batch boundary), at budgetthinker's agent loop, and sets
    `trainer.save_freq` to one curriculum epoch unless given; checks the result with verl's own
    `validate_config`; writes the resolved config next to the data;
 4. replaces itself with `python -m verl.trainer.main_ppo …` (Ray: one node or many, see README),
@@ -33,7 +36,7 @@ from budgetthinker.control_spec import load_spec
 from budgetthinker.errors import UserError
 from budgetthinker.rl.curriculum import Curriculum, CurriculumConfig
 from budgetthinker.rl.data import RLDataConfig, SyntheticRLConfig, load_split
-from budgetthinker.rl.verl_data import VerlData, write_verl_data
+from budgetthinker.rl.verl_data import VerlData, chat_prompt_lengths, write_verl_data
 
 AGENT_LOOPS_FILE = Path(__file__).resolve().parent / "verl_agent_loops.yaml"
 TIPS = ("control", "default")
@@ -211,6 +214,11 @@ def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
             "train",
         )
     run_dir = Path(bt.output_dir) / bt.experiment
+    from verl.utils import hf_tokenizer
+
+    tokenizer = hf_tokenizer(model, trust_remote_code=bool(cfg.data.get("trust_remote_code")))
+    chat_kwargs = OmegaConf.select(cfg, "data.apply_chat_template_kwargs", default=None)
+    chat_kwargs = OmegaConf.to_container(chat_kwargs) if chat_kwargs else {}
     data = write_verl_data(
         run_dir / "data",
         train,
@@ -221,11 +229,15 @@ def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
         epochs=bt.epochs,
         batch_size=int(cfg.data.train_batch_size),
         validation_two_stage=bt.validation_two_stage,
+        prompt_lengths=chat_prompt_lengths(tokenizer, chat_kwargs),
+        max_prompt_length=int(cfg.data.max_prompt_length),
     )
     launch = [
         f"data.train_files=[{_quote(str(data.train_file.resolve()))}]",
         f"data.val_files=[{_quote(str(data.val_file.resolve()))}]",
         "data.shuffle=false",
+        # overlong prompts are already out of the stream; a row verl dropped would shift batches
+        "data.filter_overlong_prompts=false",
         f"actor_rollout_ref.rollout.agent.agent_loop_config_path={_quote(str(AGENT_LOOPS_FILE))}",
     ]
     if int(cfg.trainer.save_freq) == -1:
@@ -272,6 +284,12 @@ def run(recipe: Path, user_overrides: list[str], dry_run: bool = False) -> int:
     )
     for line in epoch_summary(data.budgets, data.steps_per_epoch):
         print(f"[rl]   {line}", file=sys.stderr)
+    if any(data.dropped.values()):
+        print(
+            f"[rl] left out {data.dropped['train']} training and {data.dropped['val']} validation "
+            "problems whose prompt is longer than data.max_prompt_length tokens",
+            file=sys.stderr,
+        )
     print(f"[rl] resolved verl config → {prepared.run_dir / 'verl_config.yaml'}", file=sys.stderr)
     # verl's TensorBoard logger writes here (its default is ./tensorboard_log/…); the original
     # launch script set TENSORBOARD_DIR per experiment too.

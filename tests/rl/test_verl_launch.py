@@ -140,21 +140,11 @@ def test_dry_run_prints_the_verl_command(tmp_path, capsys):
 
 def test_verl_dataset_yields_the_curriculum_prompts(tmp_path, tokenizer, spec):
     """verl's RLHFDataset and its dataloader (as its trainer builds them) over our files."""
-    from torchdata.stateful_dataloader import StatefulDataLoader
-    from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler
-    from verl.utils.dataset.rl_dataset import collate_fn
+    from verl.trainer.ppo.utils import create_rl_dataset
 
     prepared = prepare(RECIPE, small_run(tmp_path))
     cfg = prepared.config
-    dataset = create_rl_dataset(cfg.data.train_files, cfg.data, tokenizer, None, is_train=True)
-    loader = StatefulDataLoader(
-        dataset=dataset,
-        batch_size=cfg.data.train_batch_size,
-        num_workers=0,
-        drop_last=True,
-        collate_fn=collate_fn,
-        sampler=create_rl_sampler(cfg.data, dataset),
-    )
+    loader = verl_batches(cfg, tokenizer)
     per_epoch = SMALL // BATCH
     seen_budgets, epoch_rows = [], {}
     for step, batch in enumerate(loader):
@@ -182,6 +172,87 @@ def test_verl_dataset_yields_the_curriculum_prompts(tmp_path, tokenizer, spec):
     val = create_rl_dataset(cfg.data.val_files, cfg.data, tokenizer, None, is_train=False)
     infos = [val[i]["extra_info"] for i in range(len(val))]
     assert {i["budget"] for i in infos} == {4000} and all(i["two_stage"] for i in infos)
+
+
+def verl_batches(cfg, tokenizer):
+    """The training batches verl's trainer reads from our files (its dataset, sampler and
+    dataloader, built as `RayPPOTrainer._create_dataloader` builds them)."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+    from verl.trainer.ppo.utils import create_rl_dataset, create_rl_sampler
+    from verl.utils.dataset.rl_dataset import collate_fn
+
+    dataset = create_rl_dataset(cfg.data.train_files, cfg.data, tokenizer, None, is_train=True)
+    return list(
+        StatefulDataLoader(
+            dataset=dataset,
+            batch_size=cfg.data.train_batch_size,
+            num_workers=0,
+            drop_last=True,
+            collate_fn=collate_fn,
+            sampler=create_rl_sampler(cfg.data, dataset),
+        )
+    )
+
+
+def test_overlong_prompts_leave_before_batching(tmp_path, tokenizer):
+    """Problems too long for data.max_prompt_length are dropped on purpose: they leave the
+    stream before it is cut into batches, so every batch verl reads still has one budget and
+    the stream's budgets, epoch by epoch (verl's own filter, which would shift them, is off)."""
+    import json
+
+    short = [{"problem": f"What is {i} + {i}?", "answer": str(2 * i)} for i in range(14)]
+    long_text = "Consider the following very long and winding statement. " * 60
+    rows = list(short)
+    for at in (1, 6, 11):  # 3 overlong problems among 14 short ones
+        rows.insert(at, {"problem": long_text + "What is 1 + 1?", "answer": "2"})
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    overrides = [
+        *small_run(tmp_path),
+        f"budgetthinker.train_files=[{train}]",
+        f"budgetthinker.val_files=[{train}]",
+        "data.max_prompt_length=400",
+        "budgetthinker.curriculum.budgets=[[6000],[50],[2000,4000,100]]",
+        "budgetthinker.epochs=3",
+    ]
+    prepared = prepare(RECIPE, overrides)
+    assert prepared.data.dropped == {"train": 3, "val": 3}
+    assert prepared.config.data.filter_overlong_prompts is False
+    stream = json.loads((tmp_path / "8ratio_v1" / "data" / "stream.json").read_text())
+    assert stream["dropped_overlong"] == {"train": 3, "val": 3}
+    per_epoch = 14 // BATCH
+    assert prepared.data.steps_per_epoch == per_epoch == stream["steps_per_epoch"]
+
+    batches = verl_batches(prepared.config, tokenizer)
+    budgets = []
+    for batch in batches:
+        infos = list(batch["extra_info"])
+        assert len({info["budget"] for info in infos}) == 1, "one budget per batch"
+        budgets.append(infos[0]["budget"])
+        assert all(rows[info["index"]]["problem"] in short_problems(short) for info in infos)
+        for messages in batch["raw_prompt"]:
+            ids = tokenizer.apply_chat_template(
+                list(messages), add_generation_prompt=True, tokenize=False
+            )
+            assert len(tokenizer(ids, add_special_tokens=False)["input_ids"]) <= 400
+    assert budgets == prepared.data.budgets == stream["step_budgets"]
+    assert budgets[:per_epoch] == [6000] * per_epoch
+    assert budgets[per_epoch : 2 * per_epoch] == [50] * per_epoch
+
+    # What verl's filter did instead: the same 17 rows batched first, then filtered by verl,
+    # put rows of different budgets into one batch.
+    legacy = prepare(
+        RECIPE,
+        [*overrides, "data.max_prompt_length=100000", f"budgetthinker.output_dir={tmp_path}/x"],
+    ).config
+    legacy.data.max_prompt_length = 400
+    legacy.data.filter_overlong_prompts = True
+    mixed = [len({i["budget"] for i in b["extra_info"]}) for b in verl_batches(legacy, tokenizer)]
+    assert max(mixed) > 1
+
+
+def short_problems(short: list[dict]) -> set[str]:
+    return {r["problem"] for r in short}
 
 
 def test_same_inputs_same_stream(tmp_path):
