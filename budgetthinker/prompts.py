@@ -59,19 +59,35 @@ def tip_text(tip: str, budget: int, mode: Mode | None = None) -> str:
     return _PLAIN_TIPS[tip].format(B=budget)
 
 
-def user_content(problem: str, budget: int, tip: str = "control", mode: Mode | None = None) -> str:
-    """System line + problem + budget tip: the user turn of every method."""
-    return SYSTEM_LINE + problem + tip_text(tip, budget, mode)
+def user_content(
+    problem: str,
+    budget: int,
+    tip: str = "control",
+    mode: Mode | None = None,
+    system_line: bool = True,
+) -> str:
+    """System line + problem + budget tip: the user turn of every method.
+
+    `system_line=False` leaves out `Return your final response within \\boxed{}. `: the
+    original's evaluation data has it for MATH-500 only (`data.boxed_prefix` per benchmark),
+    while its SFT and RL data have it on every problem.
+    """
+    return (SYSTEM_LINE if system_line else "") + problem + tip_text(tip, budget, mode)
 
 
 def render_prompt(
-    tokenizer, problem: str, budget: int, tip: str = "control", mode: Mode | None = None
+    tokenizer,
+    problem: str,
+    budget: int,
+    tip: str = "control",
+    mode: Mode | None = None,
+    system_line: bool = True,
 ) -> str:
     """The full prompt text: the user turn inside the model's own chat template.
 
     A tokenizer without a chat template gets the bare user turn.
     """
-    content = user_content(problem, budget, tip, mode)
+    content = user_content(problem, budget, tip, mode, system_line)
     if not getattr(tokenizer, "chat_template", None):
         return content
     return tokenizer.apply_chat_template(

@@ -9,7 +9,7 @@ containing "/" that is not a local folder is a Hugging Face dataset id (needs ne
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from budgetthinker.errors import UserError
@@ -25,6 +25,10 @@ QUESTION_FIELDS = {
     "olympiadbench": "question",
 }
 KNOWN_BENCHMARKS = ("synthetic", *QUESTION_FIELDS)
+BOXED_PREFIX_DEFAULT = ("math500", "synthetic")
+"""Benchmarks whose prompts start with the system line by default: the original's evaluation data
+has it on MATH-500 only (AIME24, AMC23, GSM8K, Minerva and OlympiadBench go without); the
+synthetic set is ours and keeps it."""
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,8 @@ class Problem:
     id: str
     question: str
     answer: str
+    # the prompt starts with `Return your final response within \\boxed{}. ` (data.boxed_prefix)
+    system_line: bool = True
 
 
 @dataclass
@@ -54,6 +60,9 @@ class DataConfig:
     question_field: str | None = None  # for Hugging Face / custom files with other field names
     answer_field: str | None = None
     synthetic: SyntheticConfig = None  # type: ignore[assignment]
+    # benchmarks whose prompts start with the system line (`all`: every one); the default is the
+    # original's data: MATH-500 only (plus our synthetic set)
+    boxed_prefix: list[str] = field(default_factory=lambda: list(BOXED_PREFIX_DEFAULT))
 
     def __post_init__(self) -> None:
         if self.benchmarks is None:
@@ -70,9 +79,16 @@ def load_problems(cfg: DataConfig) -> list[Problem]:
     """All problems of all configured benchmarks, in a stable order."""
     problems: list[Problem] = []
     for name in cfg.benchmarks:
-        rows = _load_benchmark(name, cfg)
+        rows = _with_system_line(name, _load_benchmark(name, cfg), cfg.boxed_prefix)
         problems.extend(rows[cfg.offset : cfg.offset + cfg.limit if cfg.limit else None])
     return problems
+
+
+def _with_system_line(name: str, rows: list[Problem], boxed: list[str]) -> list[Problem]:
+    """Mark each problem with whether its prompt gets the system line (`data.boxed_prefix` names
+    the benchmark as configured or as reported, or is `all`)."""
+    wanted = "all" in boxed or name in boxed or any(p.benchmark in boxed for p in rows[:1])
+    return [replace(p, system_line=wanted) for p in rows]
 
 
 def _load_benchmark(name: str, cfg: DataConfig) -> list[Problem]:

@@ -30,8 +30,10 @@ class Method:
     def needs_control_tokens(self) -> bool:
         return self.force_control or self.tip == "control"
 
-    def prompt(self, tokenizer, question: str, budget: int, mode: Mode | None) -> str:
-        return render_prompt(tokenizer, question, budget, self.tip, mode)
+    def prompt(
+        self, tokenizer, question: str, budget: int, mode: Mode | None, system_line: bool = True
+    ) -> str:
+        return render_prompt(tokenizer, question, budget, self.tip, mode, system_line)
 
     def settings(self, budget: int, two_stage: bool) -> BudgetSettings:
         return BudgetSettings(budget=budget, two_stage=two_stage, control=self.force_control)

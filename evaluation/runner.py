@@ -144,7 +144,9 @@ def _pending_requests(cfg, methods, problems, tokenizer, spec, done) -> list[Req
                     if key in done:
                         continue
                     if prompt_ids is None:
-                        text = method.prompt(tokenizer, problem.question, budget, mode)
+                        text = method.prompt(
+                            tokenizer, problem.question, budget, mode, problem.system_line
+                        )
                         prompt_ids = tokenizer.encode(text, add_special_tokens=False)
                     pending.append(
                         Request(method, problem, budget, sample, prompt_ids, settings, max_new)

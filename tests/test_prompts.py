@@ -85,3 +85,12 @@ class _NoTemplate:
 
 def test_render_without_chat_template_is_the_user_turn():
     assert render_prompt(_NoTemplate(), "Q", 50, "prompt_v2") == user_content("Q", 50, "prompt_v2")
+
+
+def test_system_line_can_be_left_out():
+    """Benchmarks whose original data lacks the system line get the problem and the tip only."""
+    mode = parse_mode("8ratio")
+    with_line = user_content("What is 2+2?", 100, "control", mode)
+    without = user_content("What is 2+2?", 100, "control", mode, system_line=False)
+    assert with_line == SYSTEM_LINE + without
+    assert without == "What is 2+2?" + SPEC_8RATIO_TIP.format(B=100)

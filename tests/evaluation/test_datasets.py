@@ -101,3 +101,41 @@ def test_errors(tmp_path):
     (tmp_path / "amc23" / "test.jsonl").write_text("{not json\n")
     with pytest.raises(UserError, match="amc23/test.jsonl:1 is not valid JSON"):
         load_problems(DataConfig(benchmarks=["amc23"], data_dir=str(tmp_path)))
+
+
+def test_boxed_prefix_per_benchmark_matches_the_original(tmp_path):
+    """The original's evaluation data starts MATH-500 problems with the system line and no other
+    benchmark: so do the default prompts; `data.boxed_prefix` changes it per benchmark."""
+    from budgetthinker.evaluation.methods import get_method
+    from budgetthinker.prompts import SYSTEM_LINE
+
+    write_jsonl(
+        tmp_path / "math500" / "test.jsonl",
+        [{"problem": SYSTEM_LINE + "What is 1+1?", "answer": "2"}],
+    )
+    write_jsonl(tmp_path / "aime24" / "test.jsonl", [{"problem": "What is 2+2?", "answer": "4"}])
+    write_jsonl(tmp_path / "gsm8k" / "test.jsonl", [{"question": "3+3?", "answer": "#### 6"}])
+    benchmarks = ["math500", "aime24", "gsm8k", "synthetic"]
+
+    def prompts(**kw):
+        cfg = DataConfig(benchmarks=benchmarks, data_dir=str(tmp_path), limit=1, **kw)
+        method = get_method("prompt_v2")
+        return {
+            p.benchmark: method.prompt(None, p.question, 100, None, p.system_line)
+            for p in load_problems(cfg)
+        }
+
+    default = prompts()
+    assert default["math500"] == SYSTEM_LINE + "What is 1+1?" + tip_v2(100)
+    assert default["aime24"] == "What is 2+2?" + tip_v2(100)
+    assert default["gsm8k"] == "3+3?" + tip_v2(100)
+    assert default["synthetic"].startswith(SYSTEM_LINE)
+    every = prompts(boxed_prefix=["all"])
+    assert all(text.startswith(SYSTEM_LINE) for text in every.values())
+    assert every["aime24"].count(SYSTEM_LINE) == 1
+    only_gsm8k = prompts(boxed_prefix=["gsm8k"])
+    assert [b for b, t in only_gsm8k.items() if t.startswith(SYSTEM_LINE)] == ["gsm8k"]
+
+
+def tip_v2(budget: int) -> str:
+    return f"\n(Complete thinking within {budget} tokens or fewer)"
