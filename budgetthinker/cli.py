@@ -7,10 +7,12 @@ traceback), exit status 2, nothing written.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 
 from budgetthinker.errors import UserError
+from budgetthinker.preparation import cts as _cts
 from budgetthinker.rl import cli as _rl_cli
 from budgetthinker.sft import cli as _sft_cli
 
@@ -85,6 +87,7 @@ def run_generate(args: argparse.Namespace) -> int:
         default_max_new_tokens,
         require_vllm,
     )
+    from budgetthinker.limits import check_fits, check_positive, check_sampling
     from budgetthinker.preparation.embedded_model import DEFAULT, default_prepared_dir
     from budgetthinker.prompts import render_prompt
 
@@ -95,15 +98,22 @@ def run_generate(args: argparse.Namespace) -> int:
     spec = load_spec(model_dir)
     settings = BudgetSettings(budget=budget, two_stage=args.two_stage)
     plan = settings.plan(spec)  # validates the budget for the model's mode before any loading
+    check_positive(args.max_new_tokens, "--max-new-tokens")
+    check_sampling(args.temperature, args.top_p)
     max_new = args.max_new_tokens or default_max_new_tokens(settings, spec)
-    if max_new <= 0:
-        raise UserError(f"--max-new-tokens must be positive, got {max_new}")
 
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     prompt = render_prompt(tokenizer, args.prompt, budget, "control", spec.parsed_mode)
     prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
+    check_fits(
+        model_dir,
+        max_new,
+        f"{max_new} new tokens ({'--max-new-tokens' if args.max_new_tokens else 'budget'})",
+        "use a smaller --budget or --max-new-tokens",
+        prompt_tokens=len(prompt_ids),
+    )
     if args.backend == "vllm":
         print("Starting the vLLM engine (about 40 s on a small CPU machine)…", file=sys.stderr)
         from budgetthinker.patches.vllm_backend import VLLMBackend
@@ -258,6 +268,11 @@ COMMANDS = {
         run_eval,
         "run a budget sweep over benchmarks and methods; write results, table and plots",
     ),
+    "cts": (
+        _cts.add_cts_args,
+        _cts.run_cts,
+        "compress the thinking of reasoning traces with a reference model (CTS) before SFT",
+    ),
     "sft-traces": (
         _sft_cli.add_traces_args,
         _sft_cli.run_traces,
@@ -289,13 +304,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# OS errors that are the user's environment, not a bug: reported as one line, like a UserError.
+WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand. The single error path: a UserError or an unwritable/full output
+    folder is one line and exit 2; Ctrl-C is one line and exit 130 (outputs are written so that
+    an interrupted run loses no finished work and leaves nothing half-written)."""
     args = build_parser().parse_args(argv)
+    where = f"budgetthinker {args.command}"
     try:
         return COMMANDS[args.command][1](args)
     except UserError as e:
-        print(f"budgetthinker {args.command}: error: {e}", file=sys.stderr)
+        print(f"{where}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        target = f" {e.filename}" if e.filename else ""
+        print(
+            f"{where}: error: cannot write{target}: {e.strerror}; choose an output folder you "
+            "can write to (--out, output_dir=…) or free space there",
+            file=sys.stderr,
+        )
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{where}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass, field
 
 from budgetthinker.evaluation.datasets import DataConfig
+from budgetthinker.limits import check_sampling
+from budgetthinker.outputs import plain_name
 
 RELEASE_BUDGETS = [100, 250, 500, 1000, 2000, 4000, 6000, 10000]
 
@@ -18,6 +20,7 @@ class SamplingConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_sampling(self.temperature, self.top_p, "sampling.", "_")
         if self.n < 1:
             raise ValueError("sampling.n must be at least 1")
         if self.n > 1 and self.temperature == 0:
@@ -51,8 +54,14 @@ class EvalConfig:
     experiment: str = "default"
     model: str = "default"  # prepared model folder, any model folder, or 'default' (embedded)
     backend: str = "hf"  # hf | vllm
-    methods: list[str] = field(default_factory=lambda: ["control"])
+    # a name, or {name: s1, <parameter>: …, label: …}; dotted paths load custom methods
+    methods: list[str | dict] = field(default_factory=lambda: ["control"])
     two_stage: bool = False
+    stop_at_think_end: bool = True  # no control tokens after `</think>` (false: the original)
+    # faithful switches: seed (BudgetThinker's original: two-stage as a second request on every
+    # output, control tokens after `</think>`), s1 (the s1 harness fork's budget accounting)
+    compat: list[str] = field(default_factory=list)
+    delimiters: dict | None = None  # {start: <text>, end: <text>}; default: detected
     budgets: list[int] = field(default_factory=lambda: list(RELEASE_BUDGETS))
     max_new_tokens: int | None = None  # default: B + B//50 (two-stage: room for the answer)
     data: DataConfig = field(default_factory=DataConfig)
@@ -70,8 +79,16 @@ class EvalConfig:
             raise ValueError("budgets must list at least one budget")
         if not self.methods:
             raise ValueError("methods must list at least one method")
-        if not self.experiment or "/" in self.experiment:
-            raise ValueError("experiment must be a plain name (it becomes runs/<experiment>/)")
+        unknown = sorted(set(self.compat) - {"seed", "s1"})
+        if unknown:
+            raise ValueError(f"compat must list seed and/or s1, got {unknown[0]!r}")
+        if "seed" in self.compat:
+            self.stop_at_think_end = False
+        plain_name(self.experiment, "experiment")  # it becomes <output_dir>/<experiment>/
+        for key in ("chunk_size", "batch_size", "max_new_tokens", "max_model_len"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value}")
 
 
 def _methods_from_env(_: str) -> list[str]:

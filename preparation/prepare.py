@@ -10,7 +10,6 @@ multiple of 64.
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 
 from budgetthinker.control_spec import (
@@ -23,7 +22,8 @@ from budgetthinker.control_spec import (
     parse_mode,
 )
 from budgetthinker.errors import UserError
-from budgetthinker.preparation.embedded_model import publish_dir, resolve_base
+from budgetthinker.outputs import check_writable, publish_dir, staging_dir
+from budgetthinker.preparation.embedded_model import resolve_base
 
 VOCAB_MULTIPLE = 64
 
@@ -56,6 +56,7 @@ def prepare_model(
         return existing
     if out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} exists and is not a prepared model; choose a new folder")
+    check_writable(out.parent)  # before minutes of loading, not after
     base_dir = resolve_base(base)
     if has_spec(base_dir):
         existing = load_spec(base_dir)
@@ -66,9 +67,9 @@ def prepare_model(
             )
         say(f"{base_dir} is already prepared with mode {parsed.name}; copying it to {out}.")
         out.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(dir=out.parent, prefix=".prepare-") as tmp:
-            shutil.copytree(base_dir, Path(tmp) / "model")
-            publish_dir(Path(tmp) / "model", out)
+        with staging_dir(out.parent, "prepare") as tmp:
+            shutil.copytree(base_dir, tmp / "model")
+            publish_dir(tmp / "model", out)
         return existing
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -84,8 +85,8 @@ def prepare_model(
     new_ids = list(range(old_len, len(tokenizer)))
     _grow_embeddings(model, len(tokenizer), old_len, new_ids, noise, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".prepare-") as tmp:
-        staged = Path(tmp) / "model"
+    with staging_dir(out.parent, "prepare") as tmp:
+        staged = tmp / "model"
         model.save_pretrained(staged)
         tokenizer.save_pretrained(staged)
         spec.save(staged)

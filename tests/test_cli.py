@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from budgetthinker.cli import main
-from tests.conftest import LONG_PROMPTS
+from tests.conftest import LONG_PROMPTS, REPO
 
 
 def run_cli(capsys, *argv):
@@ -160,3 +160,54 @@ def test_generate_two_stage_forces_suffix(capsys, prepared_model, spec):
     assert ids[16 : 16 + len(suffix)] == suffix
     assert result["suffix_forced"] is True
     assert "</think>\n\n**Final Answer**\\boxed" in result["text"]
+
+
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (["--max-new-tokens", "0"], "--max-new-tokens must be a positive integer"),
+        (["--temperature", "-1"], "--temperature must be >= 0"),
+        (["--top-p", "5"], "--top-p must be in (0, 1]"),
+        (["--top-p", "0"], "--top-p must be in (0, 1]"),
+        (["--budget", "9000"], "exceed the model's context length 8192"),
+        (["--max-new-tokens", "9000"], "exceed the model's context length 8192"),
+    ],
+)
+def test_generate_values_out_of_range(capsys, prepared_model, extra, needle):
+    argv = ["generate", "--model", str(prepared_model), "--prompt", "x", "--budget", "64"]
+    code, out, err = run_cli(capsys, *argv, *extra)
+    assert_one_line_error(code, err, needle)
+    assert out == ""
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("chunk_size=0", "chunk_size must be a positive integer"),
+        ("batch_size=-1", "batch_size must be a positive integer"),
+        ("max_new_tokens=0", "max_new_tokens must be a positive integer"),
+        ("sampling.temperature=-1", "sampling.temperature must be >= 0"),
+        ("sampling.top_p=5", "sampling.top_p must be in (0, 1]"),
+        ("budgets=[64,9000]", "budget 9000: 9180 new tokens = 9180 tokens exceed"),
+        ("experiment=..", "experiment must be a plain folder name"),
+    ],
+)
+def test_eval_values_out_of_range_write_nothing(capsys, tmp_path, override, needle):
+    recipe = str(REPO / "configs" / "eval" / "default.yaml")
+    runs = tmp_path / "runs"
+    code, _, err = run_cli(capsys, "eval", "--config", recipe, f"output_dir={runs}", override)
+    assert_one_line_error(code, err, needle)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch):
+    import budgetthinker.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    add_args, _, help_text = cli.COMMANDS["grade"]
+    monkeypatch.setitem(cli.COMMANDS, "grade", (add_args, interrupted, help_text))
+    code, out, err = run_cli(capsys, "grade", "1", "1")
+    assert code == 130 and out == ""
+    assert err.strip() == "budgetthinker grade: interrupted; rerun the same command to resume"
