@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from budgetthinker.errors import UserError
+from budgetthinker.outputs import atomic_write
 
 
 def add_traces_args(parser: argparse.ArgumentParser) -> None:
@@ -36,12 +37,9 @@ def run_traces(args: argparse.Namespace) -> int:
     if args.n <= 0 or checks[0] < 0 or checks[1] < checks[0] or args.steps < 1:
         raise UserError("--n and --steps must be positive and --checks a range LOW <= HIGH")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w", encoding="utf-8") as f:
+    with atomic_write(out) as f:  # whole or not at all; a killed run's temp file is cleaned up
         for trace in synthetic_traces(args.n, args.seed, args.steps, checks):
             f.write(json.dumps(trace, ensure_ascii=False) + "\n")
-    tmp.replace(out)
     print(f"wrote {args.n} synthetic traces to {out}")
     return 0
 

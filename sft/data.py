@@ -19,13 +19,19 @@ import json
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from budgetthinker.control_spec import THINK_END, THINK_START, ControlSpec, Mode
 from budgetthinker.errors import UserError
 from budgetthinker.forcing import schedule
+from budgetthinker.outputs import (
+    atomic_json,
+    atomic_write,
+    check_writable,
+    removed_on_failure,
+)
 from budgetthinker.prompts import user_content
 
 V2_BINS = (100, 250, 500, 750, 1000, 1250, 1500, *range(2000, 10001, 500))
@@ -41,12 +47,13 @@ ANSWER_KEYS = ("answer", "final_answer", "solution")
 # Reasons a trace is dropped (stats keys).
 DROP_REASONS = {
     "bad_json": "line is not a JSON object",
+    "bad_encoding": "line is not UTF-8 text",
     "no_question": f"no question field ({', '.join(QUESTION_KEYS)})",
     "no_response": f"no response ({', '.join(RESPONSE_KEYS)}) or thinking field",
     "no_think_end": f"response has no {THINK_END}",
     "empty_thinking": "thinking is empty",
     "no_answer": "no final answer (\\boxed{} after </think>, or an answer field)",
-    "too_long": "thinking longer than --max-thinking tokens",
+    "too_long": "thinking longer than --max-thinking tokens (raise --max-thinking to keep them)",
     "no_budget": "no budget for this length (v2 bins end at 10000; mode's budget range)",
 }
 
@@ -115,6 +122,8 @@ def parse_trace(row: object) -> Trace | str:
     """A JSON row → Trace, or the drop reason (a DROP_REASONS key)."""
     from budgetthinker.evaluation.grading import extract_boxed
 
+    if row is BAD_ENCODING:
+        return "bad_encoding"
     if not isinstance(row, dict):
         return "bad_json"
     question = _first(row, QUESTION_KEYS)
@@ -285,23 +294,39 @@ class TraceBuilder:
         self.stats.seconds = time.perf_counter() - start
 
 
+BAD_ENCODING = object()
+"""What `read_jsonl` yields for a line that is not UTF-8 (dropped as bad_encoding)."""
+
+
 def read_jsonl(path: str | os.PathLike) -> Iterator[object]:
     """Rows of a JSONL file (a `.json` file holding a list also works); a line that is not
-    JSON yields None (dropped as bad_json), it does not stop the run."""
+    JSON yields None (dropped as bad_json) and one that is not UTF-8 yields `BAD_ENCODING`
+    (dropped as bad_encoding): neither stops the run."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"traces file {path} does not exist")
-    with path.open(encoding="utf-8") as f:
+    with path.open("rb") as f:
         first = f.read(1)
         f.seek(0)
-        if first == "[":
-            yield from json.load(f)
+        if first == b"[":
+            try:
+                yield from json.loads(f.read().decode("utf-8"))
+            except ValueError as e:  # JSONDecodeError and UnicodeDecodeError
+                raise UserError(
+                    f"traces file {path} starts with '[' but is not a UTF-8 JSON list ({e}); "
+                    "write it as JSONL (one object per line) or as one valid JSON list"
+                ) from None
             return
         for line in f:
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                text = line.decode("utf-8")
+            except UnicodeDecodeError:
+                yield BAD_ENCODING
+                continue
+            try:
+                yield json.loads(text)
             except json.JSONDecodeError:
                 yield None
 
@@ -326,27 +351,45 @@ def dataset_info_entry(file_name: str, fmt: str) -> dict:
 
 
 def write_dataset(
-    rows: Iterable[dict], out_dir: str | os.PathLike, name: str, fmt: str
+    rows: Iterable[dict],
+    out_dir: str | os.PathLike,
+    name: str,
+    fmt: str,
+    finish: Callable[[int], dict[str, object]] | None = None,
 ) -> tuple[Path, int]:
-    """Write `<name>.jsonl` atomically and add/replace its entry in `dataset_info.json` (other
-    entries of an existing file are kept, so several datasets can share a dataset_dir)."""
+    """Write `<name>.jsonl` and add/replace its entry in `dataset_info.json` (other entries of
+    an existing file are kept, so several datasets can share a dataset_dir).
+
+    Published only on success: rows go to a temp file; `finish(n_rows)` then returns the extra
+    JSON files to write next to it (the stats) or raises (e.g. no row kept), and only then are
+    the files renamed into place. A failed or killed run leaves the folder as it was."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     data_path = out / f"{name}.jsonl"
-    tmp = data_path.with_suffix(".jsonl.tmp")
+    info_path = out / "dataset_info.json"
+    info = _read_info(info_path)  # a broken one stops the run before anything is written
     n = 0
-    with tmp.open("w", encoding="utf-8") as f:
+    with removed_on_failure(out), atomic_write(data_path) as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
             n += 1
-    tmp.replace(data_path)
-    info_path = out / "dataset_info.json"
-    info = json.loads(info_path.read_text()) if info_path.is_file() else {}
+        extra = finish(n) if finish is not None else {}
+        for file_name, content in extra.items():
+            atomic_json(out / file_name, content)
     info[name] = dataset_info_entry(data_path.name, fmt)
-    tmp_info = info_path.with_suffix(".json.tmp")
-    tmp_info.write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n")
-    tmp_info.replace(info_path)
+    atomic_json(info_path, info)
     return data_path, n
+
+
+def _read_info(path: Path) -> dict:
+    if not path.is_file():
+        return {}
+    try:
+        info = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); repair or delete it") from None
+    if not isinstance(info, dict):
+        raise UserError(f"{path} must hold a JSON object (dataset name → entry)")
+    return info
 
 
 def build_dataset(
@@ -365,24 +408,29 @@ def build_dataset(
 
     from budgetthinker.control_spec import load_spec
 
+    check_writable(out_dir)  # before the tokenizer loads, not after the rows are built
     spec = load_spec(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     builder = TraceBuilder(tokenizer, spec, budget_rule, max_thinking, fmt)
-    _, n = write_dataset(builder.run(traces, batch_size), out_dir, name, fmt)
     stats = builder.stats
-    if n == 0:
-        raise UserError(
-            f"no trace was kept ({stats.read} read; {dict(stats.dropped)}); see the accepted "
-            "fields in README.md (SFT stage)"
-        )
-    report = {
-        "name": name,
-        "model": str(model_dir),
-        "mode": spec.mode,
-        "budget_rule": budget_rule,
-        "max_thinking": max_thinking,
-        "format": fmt,
-        **stats.to_json(),
-    }
-    (Path(out_dir) / f"{name}.stats.json").write_text(json.dumps(report, indent=2) + "\n")
+
+    def finish(n: int) -> dict[str, object]:
+        if n == 0:  # nothing is published: no empty dataset, no dataset_info.json entry
+            hint = " (raise --max-thinking to keep them)" if stats.dropped["too_long"] else ""
+            raise UserError(
+                f"no trace was kept ({stats.read} read; {dict(stats.dropped)}){hint}; see the "
+                "accepted fields in README.md (SFT stage); nothing was written"
+            )
+        report = {
+            "name": name,
+            "model": str(model_dir),
+            "mode": spec.mode,
+            "budget_rule": budget_rule,
+            "max_thinking": max_thinking,
+            "format": fmt,
+            **stats.to_json(),
+        }
+        return {f"{name}.stats.json": report}
+
+    write_dataset(builder.run(traces, batch_size), out_dir, name, fmt, finish)
     return stats
