@@ -23,6 +23,42 @@ from budgetthinker.errors import UserError
 T = TypeVar("T")
 
 
+def recipes_root() -> Path:
+    """The recipe folder shipped with budgetthinker: `budgetthinker/configs/` in an installed
+    wheel (package data), else the checkout's `configs/` (source trees and editable installs).
+    Never the working directory: named recipes work from any folder."""
+    package = Path(__file__).resolve().parent
+    installed = package / "configs"
+    return installed if installed.is_dir() else package.parent / "configs"
+
+
+def shipped_recipes(stage: str) -> list[str]:
+    """Names of the recipes shipped for `stage` (`rl`, `sft`, `eval`)."""
+    return sorted(p.stem for p in (recipes_root() / stage).glob("*.yaml"))
+
+
+def resolve_recipe(stage: str, config: str, what: str = "") -> Path:
+    """A recipe file: an existing path, a shipped recipe's name (`cpu_smoke`), or a shipped
+    recipe's documented path (`configs/rl/cpu_smoke.yaml`) from any working directory."""
+    path = Path(config).expanduser()
+    if path.is_file():
+        return path
+    what = what or f"{stage} recipe"
+    shipped = recipes_root() / stage
+    known = ", ".join(shipped_recipes(stage)) or "none"
+    if path.suffix not in (".yaml", ".yml") and "/" not in config:
+        named = shipped / f"{config}.yaml"
+        if named.is_file():
+            return named
+        raise UserError(
+            f"unknown {what} {config!r}; shipped recipes: {known} (in {shipped}), or "
+            "pass a recipe file"
+        )
+    if path.parts[-3:-1] == ("configs", stage) and (shipped / path.name).is_file():
+        return shipped / path.name
+    raise UserError(f"{what} {config} does not exist; shipped recipes: {known}")
+
+
 def load_yaml(path: str | os.PathLike) -> dict:
     path = Path(path)
     if not path.is_file():

@@ -11,12 +11,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from budgetthinker.config import load_config
+from budgetthinker.config import load_config, recipes_root, shipped_recipes
+from budgetthinker.config import resolve_recipe as resolve_shipped
 from budgetthinker.errors import UserError
 from budgetthinker.rl.curriculum import CurriculumConfig
 from budgetthinker.rl.data import RLDataConfig
 
-RECIPE_DIR = Path(__file__).resolve().parent.parent / "configs" / "rl"
+RECIPE_DIR = recipes_root() / "rl"
+"""The shipped RL recipes (package data when installed; the checkout's configs/rl otherwise)."""
 ENGINES = ("trl",)
 
 
@@ -105,11 +107,11 @@ class RLConfig:
 
 
 def recipes() -> list[str]:
-    return sorted(p.stem for p in RECIPE_DIR.glob("*.yaml"))
+    return shipped_recipes("rl")
 
 
 def resolve_recipe(config: str | None) -> Path:
-    """A recipe path, or a recipe name from `configs/rl/`; `None` → the `steady` variable."""
+    """A recipe path, or a shipped recipe's name; `None` → the `steady` variable."""
     if config is None:
         config = os.environ.get("steady") or None  # noqa: SIM112  (the original's name)
         if config is None:
@@ -117,18 +119,7 @@ def resolve_recipe(config: str | None) -> Path:
                 "no RL recipe: pass --config configs/rl/<name>.yaml (or a recipe name: "
                 f"{', '.join(recipes())})"
             )
-    path = Path(config)
-    if path.is_file():
-        return path
-    if path.suffix not in (".yaml", ".yml") and "/" not in config:
-        named = RECIPE_DIR / f"{config}.yaml"
-        if named.is_file():
-            return named
-        raise UserError(
-            f"unknown RL experiment {config!r}; known recipes: {', '.join(recipes())} "
-            f"(in {RECIPE_DIR}), or pass a recipe file"
-        )
-    raise UserError(f"RL recipe {config} does not exist; known recipes: {', '.join(recipes())}")
+    return resolve_shipped("rl", config, "RL experiment")
 
 
 def load_rl_config(config: str | None, overrides: list[str] = ()) -> RLConfig:

@@ -29,15 +29,17 @@ class RLDataConfig:
     """Where the RL problems come from; empty `train_files` → synthetic problems.
 
     Args:
-        train_files (`list[str]`): parquet or JSONL files.
-        val_files (`list[str]`): validation files (empty: no validation).
+        train_files (`list[str]`, *optional*): parquet or JSONL files; `[]`: synthetic problems;
+            `null` (the release recipes): must be set, the recipe names no data a user has.
+        val_files (`list[str]`, *optional*): validation files (empty: no validation; `null`:
+            must be set).
         problem_key (`str`, *optional*, defaults to `"problem"`): column with the problem text.
         answer_key (`str`, *optional*, defaults to `"answer"`): column with the gold answer.
         limit (`int`, *optional*): use only the first `limit` rows of each split.
     """
 
-    train_files: list[str] = field(default_factory=list)
-    val_files: list[str] = field(default_factory=list)
+    train_files: list[str] | None = field(default_factory=list)
+    val_files: list[str] | None = field(default_factory=list)
     problem_key: str = "problem"
     answer_key: str = "answer"
     limit: int | None = None
@@ -50,9 +52,23 @@ class RLProblem:
     answer: str
 
 
-def load_split(cfg: RLDataConfig, split: str = "train") -> list[RLProblem]:
-    """Problems of `split` ("train" or "val")."""
-    files = cfg.train_files if split == "train" else cfg.val_files
+def require_files(files: list[str] | None, key: str) -> list[str]:
+    """`files`, or a `UserError` naming the key when a recipe left it unset (`null`)."""
+    if files is None:
+        raise UserError(
+            f"this recipe needs its {'training' if 'train' in key else 'validation'} problems: "
+            f"set {key}=[path/to/file.parquet] (parquet or JSONL with problem and answer "
+            f"columns; the release used the original's train_RL.parquet / math500_RL.parquet), "
+            f"or {key}=[] for synthetic problems"
+        )
+    return files
+
+
+def load_split(cfg: RLDataConfig, split: str = "train", prefix: str = "data.") -> list[RLProblem]:
+    """Problems of `split` ("train" or "val"); `prefix` is where the recipe keeps the data keys
+    (for the error naming the key to set)."""
+    key = f"{prefix}{'train_files' if split == 'train' else 'val_files'}"
+    files = require_files(cfg.train_files if split == "train" else cfg.val_files, key)
     if not files:
         if split != "train":
             return []

@@ -61,8 +61,8 @@ class VerlRecipe:
     """
 
     experiment: str = "8ratio_v1"
-    train_files: list[str] = field(default_factory=list)
-    val_files: list[str] = field(default_factory=list)
+    train_files: list[str] | None = field(default_factory=list)
+    val_files: list[str] | None = field(default_factory=list)
     problem_key: str = "problem"
     answer_key: str = "answer"
     limit: int | None = None
@@ -84,8 +84,8 @@ class VerlRecipe:
 
     def data_config(self) -> RLDataConfig:
         return RLDataConfig(
-            train_files=list(self.train_files),
-            val_files=list(self.val_files),
+            train_files=self.train_files,
+            val_files=self.val_files,
             problem_key=self.problem_key,
             answer_key=self.answer_key,
             limit=self.limit,
@@ -200,8 +200,8 @@ def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
         overrides.append(f"actor_rollout_ref.model.path={_quote(model)}")
     spec = load_spec(model)
     data_cfg = bt.data_config()
-    train = load_split(data_cfg, "train")
-    val = load_split(data_cfg, "val")
+    train = load_split(data_cfg, "train", "budgetthinker.")
+    val = load_split(data_cfg, "val", "budgetthinker.")
     if not val:
         if bt.train_files:
             raise UserError(

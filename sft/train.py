@@ -28,7 +28,16 @@ from pathlib import Path
 
 import yaml
 
-from budgetthinker.config import build, env_overrides, load_yaml, merge, parse_overrides, to_dict
+from budgetthinker.config import (
+    build,
+    env_overrides,
+    load_yaml,
+    merge,
+    parse_overrides,
+    recipes_root,
+    resolve_recipe,
+    to_dict,
+)
 from budgetthinker.control_spec import has_spec
 from budgetthinker.errors import UserError
 from budgetthinker.sft.loss import parse_special_token_loss
@@ -76,12 +85,26 @@ ENV_ALIASES = {"special_token_loss": ("special_token_loss", str)}
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> tuple[dict, SFTOptions]:
-    """Recipe + overrides → (LLaMA-Factory args, our options)."""
-    raw = load_yaml(path)
+    """Recipe (a file, or a shipped recipe's name or documented path) + overrides →
+    (LLaMA-Factory args, our options)."""
+    raw = load_yaml(resolve_recipe("sft", str(path)))
     ours = raw.pop("budgetthinker", None) or {}
     extra = parse_overrides(overrides)
     ours = merge(merge(ours, env_overrides(ENV_ALIASES)), extra.pop("budgetthinker", {}))
-    return merge(raw, extra), build(SFTOptions, ours, "budgetthinker")
+    lf_args = merge(raw, extra)
+    _resolve_shipped_file(lf_args, "deepspeed")
+    return lf_args, build(SFTOptions, ours, "budgetthinker")
+
+
+def _resolve_shipped_file(lf_args: dict, key: str) -> None:
+    """A recipe's `configs/…` file (the DeepSpeed config) that is not in the working directory
+    is taken from the shipped recipes, so a recipe runs from any folder."""
+    value = lf_args.get(key)
+    if not isinstance(value, str) or Path(value).expanduser().is_file():
+        return
+    parts = Path(value).parts
+    if parts[:1] == ("configs",) and (recipes_root().joinpath(*parts[1:])).is_file():
+        lf_args[key] = str(recipes_root().joinpath(*parts[1:]))
 
 
 def resolve_model(lf_args: dict) -> Path:

@@ -106,3 +106,61 @@ def test_parse_overrides_yaml_values():
 def test_build_rejects_non_mapping():
     with pytest.raises(UserError, match="must be a mapping"):
         build(EvalConfig, {"data": [1]})
+
+
+def test_named_recipes_resolve_from_any_folder(tmp_path, monkeypatch):
+    """Names and the documented `configs/<stage>/…` paths find the shipped recipes wherever the
+    command runs; a user's own file wins; unknown names list what ships."""
+    from budgetthinker.config import recipes_root, resolve_recipe
+
+    monkeypatch.chdir(tmp_path)
+    shipped = recipes_root() / "rl" / "cpu_smoke.yaml"
+    assert shipped.is_file()
+    assert resolve_recipe("rl", "cpu_smoke") == shipped
+    assert resolve_recipe("rl", "configs/rl/cpu_smoke.yaml") == shipped
+    assert resolve_recipe("sft", "configs/sft/cpu_smoke.yaml").parent == recipes_root() / "sft"
+    own = tmp_path / "configs" / "rl" / "cpu_smoke.yaml"
+    own.parent.mkdir(parents=True)
+    own.write_text("experiment: mine\n")
+    assert resolve_recipe("rl", "configs/rl/cpu_smoke.yaml") == Path("configs/rl/cpu_smoke.yaml")
+    with pytest.raises(UserError, match="unknown rl recipe 'nope'; shipped recipes: .*cpu_smoke"):
+        resolve_recipe("rl", "nope")
+    with pytest.raises(UserError, match="rl recipe elsewhere/x.yaml does not exist"):
+        resolve_recipe("rl", "elsewhere/x.yaml")
+
+
+def test_installed_wheel_ships_the_recipes(tmp_path):
+    """A non-editable install (the wheel, unpacked) finds its recipes inside the package."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    repo = Path(__file__).resolve().parent.parent
+    src = tmp_path / "src"
+    for name in ("budgetthinker", "preparation", "patches", "evaluation", "sft", "rl", "configs"):
+        shutil.copytree(repo / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(repo / name, src / name)
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"]
+    subprocess.run([*build, "-w", str(tmp_path / "dist"), str(src)], check=True, cwd=src)
+    (wheel,) = (tmp_path / "dist").glob("budgetthinker-*.whl")
+    site = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(site)
+    probe = (
+        "from budgetthinker.rl.config import RECIPE_DIR, resolve_recipe; "
+        "print(RECIPE_DIR); print(resolve_recipe('8ratio_v1'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe],
+        cwd=tmp_path,
+        env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out == [
+        str(site / "budgetthinker" / "configs" / "rl"),
+        str(site / "budgetthinker" / "configs" / "rl" / "8ratio_v1.yaml"),
+    ]
+    assert (site / "budgetthinker" / "configs" / "deepspeed" / "ds_z0_config.json").is_file()

@@ -139,6 +139,21 @@ def test_release_parquet():
     assert not rows[0].problem.startswith(SYSTEM_LINE)
 
 
+def test_release_recipes_name_the_data_key_to_set(tmp_path, monkeypatch):
+    """The release recipes ship no path a user lacks: loading their data fails with one line
+    naming the key; `[]` is the synthetic set."""
+    monkeypatch.chdir(tmp_path)
+    cfg = load_rl_config("8ratio_v1_trl")
+    with pytest.raises(UserError, match=r"set data\.train_files=\[path/to/file\.parquet\]"):
+        load_split(cfg.data, "train")
+    with pytest.raises(UserError, match=r"validation problems: set data\.val_files="):
+        load_split(cfg.data, "val")
+    cfg = load_rl_config("8ratio_v1_trl", ["data.train_files=[]", "data.val_files=[]"])
+    assert len(load_split(cfg.data, "train")) == 16 and load_split(cfg.data, "val") == []
+    verl = yaml.safe_load((RECIPE_DIR / "8ratio_v1.yaml").read_text())["budgetthinker"]
+    assert verl["train_files"] is None and verl["val_files"] is None
+
+
 def test_trl_release_recipe_matches_the_verl_recipe():
     """8ratio_v1_trl.yaml repeats the release recipe for TRL; it must not drift from verl's."""
     verl = yaml.safe_load((RECIPE_DIR / "8ratio_v1.yaml").read_text())

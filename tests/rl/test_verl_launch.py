@@ -301,6 +301,9 @@ def test_missing_model_and_bad_data(tmp_path):
 
     with pytest.raises(UserError, match="no policy model: add actor_rollout_ref.model.path"):
         prepare(RECIPE, small_run(tmp_path)[1:])
+    release = ["actor_rollout_ref.model.path=default", f"budgetthinker.output_dir={tmp_path}"]
+    with pytest.raises(UserError, match=r"set budgetthinker\.train_files=\[path/to"):
+        prepare(RECIPE, release)
     bad = tmp_path / "bad.parquet"
     pq.write_table(pa.table({"problem": ["1+1?"] * 8, "solution": ["2"] * 8}), bad)
     overrides = [*small_run(tmp_path), f"budgetthinker.train_files=[{bad}]"]

@@ -39,6 +39,18 @@ def test_recipes_parse(monkeypatch):
         load_recipe(f"{REPO_CONFIGS}/cpu_smoke.yaml", ["budgetthinker.speical=1"])
 
 
+def test_recipes_run_from_any_folder(tmp_path, monkeypatch):
+    """A recipe name or its documented path, and the DeepSpeed file it names, resolve to the
+    shipped copies when the working directory is not the checkout."""
+    monkeypatch.chdir(tmp_path)
+    lf, _ = load_recipe("release")
+    assert Path(lf["deepspeed"]) == REPO_CONFIGS.parent / "deepspeed" / "ds_z0_config.json"
+    lf, _ = load_recipe("configs/sft/cpu_smoke.yaml", ["report_to=tensorboard"])
+    assert lf["report_to"] == "tensorboard" and lf["model_name_or_path"] == "default"
+    with pytest.raises(UserError, match="unknown sft recipe 'nope'; shipped recipes: .*release"):
+        load_recipe("nope")
+
+
 @pytest.mark.slow
 def test_cpu_sft_run(tmp_path, prepared_model, spec):
     pytest.importorskip("llamafactory")
