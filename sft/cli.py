@@ -66,6 +66,14 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         "--name", default="8ratio_SFT_below10000", help="dataset name in dataset_info.json"
     )
     parser.add_argument("--batch-size", type=int, default=512, help="rows per tokenizer call")
+    parser.add_argument(
+        "--placement",
+        choices=("generated", "thinking"),
+        default="generated",
+        help="count control-token positions over the tokens the model generates, <think>\\n "
+        "included when the chat template leaves it to the model, as forcing does (default); "
+        "'thinking' counts from the first thinking token, as the original did",
+    )
 
 
 def run_data(args: argparse.Namespace) -> int:
@@ -90,6 +98,7 @@ def run_data(args: argparse.Namespace) -> int:
         args.max_thinking,
         args.format,
         args.batch_size,
+        args.placement,
     )
     print(stats.summary())
     print(f"wrote {Path(args.out) / args.name}.jsonl (+ dataset_info.json, {args.name}.stats.json)")

@@ -8,6 +8,13 @@ and the control tokens (N−1)/N … 1/N are inserted after chunks 0 … N−2 �
 chunks may be empty. The prompt is the user turn with the tip for B (`prompts.user_content`), the
 answer `"<think>\\n" + thinking with tokens + "\\n</think>\\n**Final Answer**\\boxed{…}"`.
 
+Positions are counted the way forcing counts them at generation time (`placement: generated`,
+the default): over the tokens the model generates, so when the chat template leaves `<think>\n`
+to the model (DeepSeek-R1-Distill ends the prompt at `<｜Assistant｜>`; SmolLM2's ChatML at
+`assistant\n`) those tokens count too and every control token sits where forcing would put it.
+The original counted from the first thinking token (`placement: thinking`, the compat switch),
+which puts each control token two tokens later than forcing does on those templates.
+
 The thinking is cut at the character offsets of token boundaries (the tokenizer's offset mapping),
 never decoded back from ids, so the text between control tokens is exactly the original text.
 Token strings and the mode come only from the model's control-token spec.
@@ -37,6 +44,10 @@ from budgetthinker.prompts import user_content
 V2_BINS = (100, 250, 500, 750, 1000, 1250, 1500, *range(2000, 10001, 500))
 BUDGET_RULES = ("v1", "v2")
 FORMATS = ("alpaca", "sharegpt")
+PLACEMENTS = ("generated", "thinking")
+"""`generated`: control tokens counted over the tokens the model generates, as forcing does;
+`thinking`: counted from the first thinking token (the original's placement)."""
+ANSWER_PREFIX = f"{THINK_START}\n"
 DEFAULT_NAME = "8ratio_SFT_below10000"
 
 QUESTION_KEYS = ("question", "problem", "prompt", "instruction", "query")
@@ -73,17 +84,42 @@ def budget_for(length: int, rule: str) -> int | None:
     raise UserError(f"unknown budget rule {rule!r}; use v1 or v2")
 
 
-def insertion_points(mode: Mode, budget: int, length: int) -> list[tuple[int, int]]:
+def insertion_points(
+    mode: Mode, budget: int, length: int, generated_before: int = 0
+) -> list[tuple[int, int]]:
     """`[(token_index, level), …]`: the control token of `level` goes before thinking token
     `token_index` (== length: at the end). Ratio mode: levels N−1 … 1 after every `delta`
     tokens; countdown: B−S … S after every S tokens (B rounded down to a multiple of S).
 
+    `generated_before` tokens the model generates ahead of the thinking (`<think>\\n`) count
+    towards the first interval, as they do for forcing.
+
     >>> from budgetthinker.control_spec import parse_mode
     >>> insertion_points(parse_mode("8ratio"), 100, 30)
     [(13, 7), (26, 6), (30, 5), (30, 4), (30, 3), (30, 2), (30, 1)]
+    >>> insertion_points(parse_mode("8ratio"), 100, 30, generated_before=2)[:3]
+    [(11, 7), (24, 6), (30, 5)]
     """
     interval, first_level = schedule(mode, budget)
-    return [(min(k * interval, length), first_level + 1 - k) for k in range(1, first_level + 1)]
+    return [
+        (max(0, min(k * interval - generated_before, length)), first_level + 1 - k)
+        for k in range(1, first_level + 1)
+    ]
+
+
+def generated_prefix(tokenizer) -> str:
+    """The part of `<think>\\n` the model itself generates after the prompt: all of it unless
+    the chat template's generation prompt already ends with (part of) it."""
+    if not getattr(tokenizer, "chat_template", None):
+        return ANSWER_PREFIX
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
+    )
+    if prompt.endswith(ANSWER_PREFIX):
+        return ""
+    if prompt.endswith(THINK_START):
+        return ANSWER_PREFIX[len(THINK_START) :]
+    return ANSWER_PREFIX
 
 
 def insert_tokens(text: str, ends: list[int], points: list[tuple[int, int]], mode: Mode) -> str:
@@ -91,7 +127,7 @@ def insert_tokens(text: str, ends: list[int], points: list[tuple[int, int]], mod
     thinking token i. A token going before token index p is placed at `ends[p - 1]`."""
     pieces, last = [], 0
     for index, level in points:
-        at = len(text) if index >= len(ends) else ends[index - 1]
+        at = len(text) if index >= len(ends) else ends[index - 1] if index > 0 else 0
         pieces.append(text[last:at])
         pieces.append(mode.token_string(level))
         last = at
@@ -209,7 +245,13 @@ class TraceBuilder:
         budget_rule: str = "v2",
         max_thinking: int = 10000,
         fmt: str = "alpaca",
+        placement: str = "generated",
     ):
+        if placement not in PLACEMENTS:
+            raise UserError(
+                f"unknown placement {placement!r}; use generated (as forcing counts) or "
+                "thinking (the original's count)"
+            )
         if budget_rule not in BUDGET_RULES:
             raise UserError(f"unknown budget rule {budget_rule!r}; use v1 or v2")
         if fmt not in FORMATS:
@@ -220,6 +262,13 @@ class TraceBuilder:
             raise UserError("the SFT data builder needs a fast tokenizer (offset mapping)")
         self.tokenizer, self.spec, self.mode = tokenizer, spec, spec.parsed_mode
         self.budget_rule, self.max_thinking, self.fmt = budget_rule, max_thinking, fmt
+        self.placement = placement
+        # Tokens the model generates before the thinking; forcing counts them, so we do too.
+        self.generated_before = (
+            len(tokenizer.encode(generated_prefix(tokenizer), add_special_tokens=False))
+            if placement == "generated"
+            else 0
+        )
         self.stats = Stats()
 
     def build(self, traces: list[Trace]) -> list[dict]:
@@ -242,7 +291,7 @@ class TraceBuilder:
             if budget is None or not self._budget_ok(budget):
                 self.stats.dropped["no_budget"] += 1
                 continue
-            points = insertion_points(self.mode, budget, length)
+            points = insertion_points(self.mode, budget, length, self.generated_before)
             thinking = insert_tokens(trace.thinking, [end for _, end in offsets], points, self.mode)
             rows.append(self._row(trace, budget, thinking))
             self.stats.kept += 1
@@ -260,7 +309,7 @@ class TraceBuilder:
     def _row(self, trace: Trace, budget: int, thinking: str) -> dict:
         prompt = user_content(trace.question, budget, "control", self.mode)
         answer = (
-            f"{THINK_START}\n{thinking}\n{THINK_END}\n**Final Answer**\\boxed{{{trace.answer}}}"
+            f"{ANSWER_PREFIX}{thinking}\n{THINK_END}\n**Final Answer**\\boxed{{{trace.answer}}}"
         )
         if self.fmt == "sharegpt":
             row = {
@@ -401,6 +450,7 @@ def build_dataset(
     max_thinking: int = 10000,
     fmt: str = "alpaca",
     batch_size: int = 512,
+    placement: str = "generated",
 ) -> Stats:
     """The whole job: rows from `traces` → `out_dir/<name>.jsonl`, `dataset_info.json` and
     `<name>.stats.json`. Returns the stats."""
@@ -411,7 +461,7 @@ def build_dataset(
     check_writable(out_dir)  # before the tokenizer loads, not after the rows are built
     spec = load_spec(model_dir)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    builder = TraceBuilder(tokenizer, spec, budget_rule, max_thinking, fmt)
+    builder = TraceBuilder(tokenizer, spec, budget_rule, max_thinking, fmt, placement)
     stats = builder.stats
 
     def finish(n: int) -> dict[str, object]:
@@ -428,6 +478,8 @@ def build_dataset(
             "budget_rule": budget_rule,
             "max_thinking": max_thinking,
             "format": fmt,
+            "placement": placement,
+            "generated_before": builder.generated_before,
             **stats.to_json(),
         }
         return {f"{name}.stats.json": report}

@@ -21,6 +21,7 @@ from budgetthinker.sft.data import (
     read_jsonl,
 )
 from budgetthinker.synthetic import make_trace, synthetic_traces
+from tests.conftest import SHARED_TOKENIZER
 
 pytest.importorskip("transformers")
 
@@ -61,13 +62,13 @@ def _positions(ids, control_ids):
 
 
 @pytest.mark.parametrize("rule", ["v1", "v2"])
-def test_token_positions_exact(tokenizer, spec, rule):
-    """Re-tokenizing the built answer puts the k-th control token at thinking index
-    min(k·delta, L) + (k − 1), as forcing does at generation time; the text around the control
-    tokens is the original thinking, unchanged."""
+def test_token_positions_exact_original_placement(tokenizer, spec, rule):
+    """`placement="thinking"` (the original): re-tokenizing the built answer puts the k-th control
+    token at thinking index min(k·delta, L) + (k − 1); the text around the control tokens is the
+    original thinking, unchanged."""
     mode = spec.parsed_mode
     level_of = spec.level_of
-    builder = TraceBuilder(tokenizer, spec, rule, max_thinking=10000)
+    builder = TraceBuilder(tokenizer, spec, rule, max_thinking=10000, placement="thinking")
     traces = [
         make_trace(3, i, steps, checks)
         for i, (steps, checks) in enumerate(
@@ -217,3 +218,126 @@ def test_cli_sft_traces_and_data(tmp_path, prepared_model, capsys):
         )
         == 2
     )
+
+
+# Thinking in the style of real R1 traces: long words, LaTeX and digits, so control tokens land
+# inside words and formulas, not only at spaces.
+PROSE = (
+    "Okay, so I need to find the derivative of $f(x) = \\sqrt{x^2 + 1}\\cdot e^{3x}$. "
+    "Hmm, differentiating a product: the product rule says $(uv)' = u'v + uv'$. "
+    "Let me write $u = (x^2+1)^{1/2}$, so $u' = \\frac{x}{\\sqrt{x^2+1}}$, and $v = e^{3x}$, "
+    "$v' = 3e^{3x}$. Wait, let me double-check the chain rule: incontrovertibly, "
+    "$\\frac{d}{dx}(x^2+1)^{1/2} = \\tfrac12 (x^2+1)^{-1/2}\\cdot 2x$. Yes.\n\n"
+)
+
+
+def replay_forcing(tokenizer, spec, row: dict) -> tuple[int, int, list[int]]:
+    """Replay the forcing machine over the tokens the model would generate for `row`'s answer.
+
+    Returns (forced positions, forced positions holding another token, levels of the control
+    tokens found where forcing would not have forced them).
+    """
+    from budgetthinker.forcing import FREE, Forcer, make_plan
+    from budgetthinker.sft.data import ANSWER_PREFIX, generated_prefix
+
+    answer = row["output"]
+    generated = answer[len(ANSWER_PREFIX) - len(generated_prefix(tokenizer)) :]
+    forcer = Forcer(make_plan(spec, row["budget"]))
+    forced = misplaced = 0
+    unforced = []
+    for token in tokenizer.encode(generated, add_special_tokens=False):
+        if forcer.forced != FREE:
+            forced += 1
+            misplaced += token != forcer.forced
+        elif token in spec.level_of:
+            unforced.append(spec.level_of[token])
+        forcer.feed(token)
+    return forced, misplaced, unforced
+
+
+def alignment_traces() -> list[dict]:
+    traces = synthetic_traces(48, 1, 3, (0, 8))
+    traces += [
+        {"question": f"Q{n}", "response": f"<think>{PROSE * n}</think>\\boxed{{{n}}}"}
+        for n in range(1, 13)
+    ]
+    return traces
+
+
+def check_alignment(tokenizer, spec, placement: str = "generated") -> tuple[int, int]:
+    """Build rows for many lengths and replay forcing over each; returns (forced, misplaced)."""
+    from budgetthinker.forcing import schedule
+    from budgetthinker.sft.data import generated_prefix
+
+    mode = spec.parsed_mode
+    builder = TraceBuilder(tokenizer, spec, "v1", max_thinking=10000, placement=placement)
+    traces = alignment_traces()
+    rows = builder.build([parse_trace(t) for t in traces])
+    assert len(rows) == len(traces)
+    prefix = len(tokenizer.encode(generated_prefix(tokenizer), add_special_tokens=False))
+    total = wrong = 0
+    for trace, row in zip(traces, rows, strict=True):
+        length = len(tokenizer.encode(parse_trace(trace).thinking, add_special_tokens=False))
+        forced, misplaced, unforced = replay_forcing(tokenizer, spec, row)
+        total, wrong = total + forced, wrong + misplaced
+        if placement == "generated":
+            interval, top = schedule(mode, row["budget"])
+            # Control tokens forcing never reaches (their chunk is past the end of the thinking)
+            # sit together at the end; every other one is exactly where forcing puts it.
+            beyond = [top + 1 - k for k in range(1, top + 1) if k * interval - prefix > length]
+            assert unforced == beyond, (row["budget"], length)
+            assert forced == top - len(beyond)
+    return total, wrong
+
+
+def test_sft_rows_put_control_tokens_where_forcing_does(tokenizer, spec):
+    """SmolLM2 (ChatML ends the prompt at `assistant\\n`; `<think>` is the model's): replaying
+    the forcing machine over every built answer finds each control token where forcing puts it."""
+    from budgetthinker.sft.data import generated_prefix
+
+    assert generated_prefix(tokenizer) == "<think>\n"
+    forced, misplaced = check_alignment(tokenizer, spec)
+    assert forced > 200 and misplaced == 0
+    # The original placement is two tokens late on this template: forcing finds the first
+    # control token of every row displaced (the later ones keep their spacing).
+    _, misplaced_orig = check_alignment(tokenizer, spec, placement="thinking")
+    assert misplaced_orig == len(alignment_traces())
+
+
+@pytest.mark.skipif(not SHARED_TOKENIZER.is_dir(), reason="shared/ tokenizer copy not present")
+def test_sft_rows_align_with_forcing_on_deepseek_template():
+    """The real DeepSeek-R1-Distill tokenizer and template: the prompt ends at `<｜Assistant｜>`,
+    the model generates `<think>\\n` itself, and every control token of a built row sits where
+    forcing would force it."""
+    from transformers import AutoTokenizer
+
+    from budgetthinker.preparation.prepare import add_control_tokens
+    from budgetthinker.sft.data import generated_prefix
+
+    tokenizer = AutoTokenizer.from_pretrained(SHARED_TOKENIZER)
+    deepseek_spec = add_control_tokens(tokenizer, "8ratio")
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "q"}], tokenize=False, add_generation_prompt=True
+    )
+    assert prompt.endswith("<｜Assistant｜>")
+    assert generated_prefix(tokenizer) == "<think>\n"
+    forced, misplaced = check_alignment(tokenizer, deepseek_spec)
+    assert forced > 200 and misplaced == 0
+    _, misplaced_orig = check_alignment(tokenizer, deepseek_spec, placement="thinking")
+    assert misplaced_orig == len(alignment_traces())
+
+
+def test_generated_prefix_follows_the_template(tokenizer):
+    """A template whose generation prompt already opens the thinking leaves nothing (or only the
+    newline) to the model, so nothing (or one token) is counted before the thinking."""
+    import copy
+
+    from budgetthinker.sft.data import generated_prefix
+
+    tok = copy.copy(tokenizer)
+    tok.chat_template = "{{ messages[0]['content'] }}{{ '<think>\\n' }}"
+    assert generated_prefix(tok) == ""
+    tok.chat_template = "{{ messages[0]['content'] }}<think>"
+    assert generated_prefix(tok) == "\n"
+    tok.chat_template = None
+    assert generated_prefix(tok) == "<think>\n"
