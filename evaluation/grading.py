@@ -258,8 +258,8 @@ def grade(
     GradeResult(predicted='2, 1', correct=True, timed_out=False, rule='boxed')
     """
     found = _extract_within(response_text, benchmark, answer_format, extraction, timeout)
-    if found is None:
-        return GradeResult(extract_boxed(response_text), False, True, "boxed")
+    if found is None:  # the extraction itself ran out of time
+        return _lost(GradeItem(response_text, gold), True)
     if not found.answer:
         return GradeResult(None, False)
     predicted, rule = found.answer, found.rule

@@ -211,6 +211,13 @@ def test_huge_exponent_reports_timed_out():
     assert result == GradeResult(HUGE_EXPONENT, correct=False, timed_out=True, rule="boxed")
 
 
+def test_unboxed_answers_are_under_the_time_limit_too():
+    """An answer math-verify's extraction finds outside a box is checked under the same limit."""
+    result = grade(f"so we get ${HUGE_EXPONENT}$", "1", timeout=1.0)
+    assert (result.correct, result.timed_out) == (False, True)
+    assert result.rule in (None, "math-verify plain (latex)")
+
+
 def test_time_limit_restores_the_alarm_handler():
     def handler(signum, frame):
         raise AssertionError("must not fire")
