@@ -19,6 +19,8 @@ one of ours (`budgetthinker.special_token_loss=T10`). The original environment v
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -38,8 +40,9 @@ from budgetthinker.config import (
     resolve_recipe,
     to_dict,
 )
-from budgetthinker.control_spec import has_spec
+from budgetthinker.control_spec import SPEC_FILENAME, has_spec
 from budgetthinker.errors import UserError
+from budgetthinker.outputs import atomic_json
 from budgetthinker.sft.loss import parse_special_token_loss
 
 RESOLVED_NAME = "budgetthinker_sft.yaml"
@@ -59,7 +62,9 @@ class DataOptions:
     budget_rule: str = "v2"
     max_thinking: int = 10000
     format: str = "alpaca"
-    # rebuild even if the dataset already exists
+    # generated: control tokens where forcing puts them; thinking: the original's count
+    placement: str = "generated"
+    # rebuild even if the dataset already exists with the same inputs
     rebuild: bool = False
 
 
@@ -123,7 +128,38 @@ def resolve_model(lf_args: dict) -> Path:
     return path
 
 
+def _digest(paths: list[Path]) -> str:
+    """sha256 over the contents of the existing files among `paths` (and their names)."""
+    h = hashlib.sha256()
+    for path in paths:
+        if path.is_file():
+            h.update(path.name.encode() + b"\0")
+            with path.open("rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def data_inputs(data: DataOptions, model_dir: Path) -> dict:
+    """What a built dataset depends on: the data options, the traces file's content and the
+    model's tokenizer, chat template and control-token spec."""
+    options = {k: v for k, v in to_dict(data).items() if k != "rebuild"}
+    if data.traces != "synthetic":
+        traces = Path(data.traces).expanduser()
+        if not traces.is_file():
+            raise UserError(f"budgetthinker.data.traces: {data.traces} does not exist")
+        options["traces_sha256"] = _digest([traces])
+        for knob in ("num_traces", "seed", "steps", "checks"):  # synthetic traces only
+            options.pop(knob)
+    names = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", SPEC_FILENAME)
+    options["model_sha256"] = _digest([model_dir / n for n in names])
+    return options
+
+
 def build_data(lf_args: dict, data: DataOptions, model_dir: Path) -> None:
+    """Build the recipe's dataset, or reuse it when it was built from the same inputs (recorded
+    in `<name>.inputs.json`); changed inputs rebuild it, saying which; a dataset with no record
+    (made by hand with `sft-data`) is never overwritten silently."""
     from budgetthinker.sft.data import build_dataset, read_jsonl
     from budgetthinker.synthetic import synthetic_traces
 
@@ -131,13 +167,29 @@ def build_data(lf_args: dict, data: DataOptions, model_dir: Path) -> None:
     if len(names) != 1 or not names[0]:
         raise UserError("budgetthinker.data builds one dataset: set `dataset: NAME` in the recipe")
     name, out = names[0], Path(lf_args.get("dataset_dir", "data"))
-    if (
-        (out / f"{name}.jsonl").is_file()
-        and (out / "dataset_info.json").is_file()
-        and not (data.rebuild)
-    ):
-        print(f"[budgetthinker] dataset {name} exists in {out}; not rebuilding", flush=True)
-        return
+    inputs = data_inputs(data, model_dir)
+    record = out / f"{name}.inputs.json"
+    exists = (out / f"{name}.jsonl").is_file() and (out / "dataset_info.json").is_file()
+    if exists and not data.rebuild:
+        if not record.is_file():
+            raise UserError(
+                f"dataset {name} in {out} was not built by this recipe (no {record.name}), so its "
+                "inputs are unknown; set budgetthinker.data.rebuild=true to rebuild it, or drop "
+                "budgetthinker.data to train on it as it is"
+            )
+        before = json.loads(record.read_text(encoding="utf-8"))
+        changed = sorted(k for k in inputs.keys() | before.keys() if inputs.get(k) != before.get(k))
+        if not changed:
+            print(f"[budgetthinker] dataset {name} in {out} is up to date; reusing it", flush=True)
+            return
+        print(
+            f"[budgetthinker] dataset {name} in {out} was built from other inputs "
+            f"({', '.join(changed)} changed); rebuilding it",
+            flush=True,
+        )
+    # A record never outlives its dataset: a crash while rebuilding leaves none, and the next
+    # run asks for rebuild=true instead of trusting a dataset of unknown inputs.
+    record.unlink(missing_ok=True)
     if data.traces == "synthetic":
         if len(data.checks) not in (1, 2):
             raise UserError(
@@ -148,8 +200,16 @@ def build_data(lf_args: dict, data: DataOptions, model_dir: Path) -> None:
     else:
         traces = read_jsonl(data.traces)
     stats = build_dataset(
-        model_dir, traces, out, name, data.budget_rule, data.max_thinking, data.format
+        model_dir,
+        traces,
+        out,
+        name,
+        data.budget_rule,
+        data.max_thinking,
+        data.format,
+        placement=data.placement,
     )
+    atomic_json(record, inputs)  # only after the dataset is in place
     print(f"[budgetthinker] built {out / name}.jsonl\n{stats.summary()}", flush=True)
 
 

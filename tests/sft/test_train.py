@@ -51,6 +51,39 @@ def test_recipes_run_from_any_folder(tmp_path, monkeypatch):
         load_recipe("nope")
 
 
+def test_recipe_dataset_follows_its_inputs(tmp_path, prepared_model, capsys):
+    """A recipe's dataset is reused only when built from the same inputs: changed options or a
+    changed traces file rebuild it (saying which); a dataset of unknown origin is not touched."""
+    from budgetthinker.sft.train import DataOptions, build_data
+    from budgetthinker.synthetic import synthetic_traces
+
+    lf = {"dataset": "d", "dataset_dir": str(tmp_path / "data")}
+    rows = tmp_path / "data" / "d.jsonl"
+
+    def build(**options):
+        build_data(lf, DataOptions(budget_rule="v1", **options), prepared_model)
+        return capsys.readouterr().out
+
+    assert "built" in build(num_traces=3) and len(rows.read_text().splitlines()) == 3
+    assert "up to date; reusing it" in build(num_traces=3)
+    out = build(num_traces=4)
+    assert "(num_traces changed); rebuilding" in out and len(rows.read_text().splitlines()) == 4
+    assert "placement changed" in build(num_traces=4, placement="thinking")
+    traces = tmp_path / "traces.jsonl"
+    traces.write_text("".join(json.dumps(t) + "\n" for t in synthetic_traces(5, 2)))
+    out = build(traces=str(traces))
+    assert "placement, seed, steps, traces, traces_sha256 changed" in out
+    assert "up to date" in build(traces=str(traces))
+    traces.write_text("".join(json.dumps(t) + "\n" for t in synthetic_traces(6, 2)))
+    assert "(traces_sha256 changed)" in build(traces=str(traces))
+    assert len(rows.read_text().splitlines()) == 6
+    (tmp_path / "data" / "d.inputs.json").unlink()
+    with pytest.raises(UserError, match="not built by this recipe.*rebuild=true"):
+        build(traces=str(traces))
+    assert len(rows.read_text().splitlines()) == 6
+    assert "built" in build(traces=str(traces), rebuild=True)
+
+
 @pytest.mark.slow
 def test_cpu_sft_run(tmp_path, prepared_model, spec):
     pytest.importorskip("llamafactory")
