@@ -43,12 +43,26 @@ def add_prepare_args(parser: argparse.ArgumentParser) -> None:
         help="relative noise added to the mean-initialised embedding rows",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--embedding-init",
+        choices=("mean", "resized"),
+        default="mean",
+        help="mean: new embedding rows at the mean of the existing rows (default); resized: the "
+        "original, rows left as resize_token_embeddings(len(tokenizer)) leaves them",
+    )
 
 
 def run_prepare(args: argparse.Namespace) -> int:
     from budgetthinker.preparation.prepare import prepare_model
 
-    prepare_model(args.base, args.mode, args.out, noise=args.noise, seed=args.seed)
+    prepare_model(
+        args.base,
+        args.mode,
+        args.out,
+        noise=args.noise,
+        seed=args.seed,
+        embedding_init=args.embedding_init,
+    )
     return 0
 
 

@@ -4,7 +4,9 @@ SPEC §1: token strings and their order are faithful (level 1 first, so on the D
 tokenizer 1/8…7/8 get ids 151665…151671); `<think>`/`</think>` are added when the tokenizer lacks
 them. Improved: new embedding rows (input and output) start at the mean of the existing rows
 instead of whatever padding rows happened to be there, and a grown vocabulary is padded to a
-multiple of 64.
+multiple of 64. `embedding_init="resized"` is the original (compat): only
+`model.resize_token_embeddings(len(tokenizer))`, so on DeepSeek-R1-Distill-Qwen the matrix shrinks
+from 151936 to 151672 rows and the control tokens keep the checkpoint's untrained padding rows.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ from budgetthinker.outputs import check_writable, publish_dir, staging_dir
 from budgetthinker.preparation.embedded_model import resolve_base
 
 VOCAB_MULTIPLE = 64
+EMBEDDING_INITS = ("mean", "resized")
+"""`mean`: new rows at the mean of the existing ones (improved); `resized`: the original's
+`resize_token_embeddings(len(tokenizer))` and nothing more."""
 
 
 def prepare_model(
@@ -36,6 +41,7 @@ def prepare_model(
     noise: float = 0.0,
     seed: int = 0,
     quiet: bool = False,
+    embedding_init: str = "mean",
 ) -> ControlSpec:
     """Prepare `base` (a folder or `default`) for `mode` into `out`; return the spec.
 
@@ -43,6 +49,12 @@ def prepare_model(
     `out` prepared for another mode is a UserError, and nothing is written.
     """
     parsed = parse_mode(mode)
+    if embedding_init not in EMBEDDING_INITS:
+        raise UserError(
+            f"unknown embedding init {embedding_init!r}; use mean (new rows at the mean of the "
+            "existing rows) or resized (the original: rows left as resize_token_embeddings leaves "
+            "them)"
+        )
     out = Path(out).expanduser()
     say = (lambda *_: None) if quiet else print
     if has_spec(out):
@@ -83,7 +95,10 @@ def prepare_model(
         base_model=str(base) if base == "default" else str(base_dir.resolve()),
     )
     new_ids = list(range(old_len, len(tokenizer)))
-    _grow_embeddings(model, len(tokenizer), old_len, new_ids, noise, seed)
+    if embedding_init == "resized":
+        model.resize_token_embeddings(len(tokenizer))  # the original's one line
+    else:
+        _grow_embeddings(model, len(tokenizer), old_len, new_ids, noise, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     with staging_dir(out.parent, "prepare") as tmp:
         staged = tmp / "model"

@@ -98,3 +98,48 @@ def test_real_deepseek_tokenizer_ids():
     assert len(tokenizer) == 151672
     assert (spec.think_start_id, spec.think_end_id) == (151648, 151649)
     assert spec.suffix_ids["eval"][:3] == (198, 151649, 271)
+
+
+@pytest.mark.skipif(not SHARED_TOKENIZER.is_dir(), reason="shared/ tokenizer copy not present")
+@pytest.mark.parametrize("init", ["mean", "resized"])
+def test_embedding_init_switch_on_the_deepseek_layout(tmp_path, init):
+    """A small model with DeepSeek-R1-Distill-Qwen's layout (151936 embedding rows, a tokenizer
+    of 151665): `resized` is the original's resize to len(tokenizer) — the matrix shrinks to
+    151672 rows and the control tokens keep the checkpoint's padding rows; `mean` keeps the
+    matrix and sets those rows to the mean of the 151665 real ones."""
+    import shutil
+
+    import torch
+    from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    base = tmp_path / "base"
+    config = Qwen2Config(
+        vocab_size=151936,
+        hidden_size=8,
+        intermediate_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    Qwen2ForCausalLM(config).save_pretrained(base)
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        shutil.copy2(SHARED_TOKENIZER / name, base / name)
+    before = AutoModelForCausalLM.from_pretrained(base).get_input_embeddings().weight.detach()
+
+    spec = prepare_model(str(base), "8ratio", tmp_path / "out", quiet=True, embedding_init=init)
+    ids = list(spec.token_ids)
+    assert ids == list(range(151665, 151672))
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    weight = after.get_input_embeddings().weight.detach()
+    assert torch.equal(weight[:151665], before[:151665])
+    if init == "resized":
+        assert weight.shape[0] == after.get_output_embeddings().weight.shape[0] == 151672
+        assert torch.equal(weight[ids], before[ids])  # the padding rows, as they were
+    else:
+        assert weight.shape[0] == 151936
+        mean = before[:151665].float().mean(dim=0)
+        assert torch.allclose(weight[ids], mean.expand(len(ids), -1), atol=1e-6)
+    with pytest.raises(UserError, match="unknown embedding init 'zeros'"):
+        prepare_model(str(base), "8ratio", tmp_path / "x", quiet=True, embedding_init="zeros")
