@@ -190,6 +190,41 @@ class ForcingSlots:
         return forced
 
 
+def step_and_force(
+    slots_state: ForcingSlots,
+    logits: torch.Tensor,
+    slots: torch.Tensor,
+    total_len: torch.Tensor,
+    all_token_ids: torch.Tensor,
+    *,
+    use_kernel: bool = True,
+) -> torch.Tensor:
+    """`ForcingSlots.step` then `force_rows`, as one Triton kernel on CUDA (one program per row:
+    a few scalar loads and stores, then the mask only on forced rows) and as torch ops elsewhere.
+    `total_len` here is indexed by slot ([max_slots]), as the runner keeps it. Returns the forced
+    token per row."""
+    kernel = (
+        _load_kernels().get("step") if use_kernel and logits.device.type == "cuda" else None
+    )
+    if kernel is not None and logits.dtype == torch.float32 and logits.stride(1) == 1:
+        s = slots_state
+        forced = torch.empty(slots.shape[0], dtype=torch.int64, device=logits.device)
+        try:
+            kernel[(slots.shape[0],)](
+                s.state, slots, total_len, all_token_ids, all_token_ids.stride(0),
+                s.level_table, s.level_table.numel(), s.control_ids, s.suffix_table,
+                s.suffix_table.shape[1], s.think_end_id, forced, logits, logits.stride(0),
+                logits.shape[1], NCOL=COLUMNS, BLOCK=4096,
+            )  # fmt: skip
+            return forced
+        except Exception as e:
+            _kernel_failed(e)
+    rows = slots.to(torch.int64)
+    forced = slots_state.step(rows, total_len[rows], all_token_ids)
+    force_rows(logits, forced, use_kernel=use_kernel)
+    return forced
+
+
 def _closed_form(
     row: torch.Tensor, output: torch.Tensor, level_table: torch.Tensor, think_end_id: int
 ) -> torch.Tensor:
@@ -222,33 +257,98 @@ def _closed_form(
 
 # ------------------------------------------------------------------------ imposing the tokens
 
-_triton_kernel = None  # compiled lazily; False once it failed
+try:  # Triton ships with CUDA builds of torch; the kernels compile on first use
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - CPU-only installs without Triton
+    triton = None
+
+if triton is not None:
+
+    @triton.jit
+    def _mask_rows(logits_ptr, stride, forced, row, vocab, BLOCK: tl.constexpr):
+        if forced >= 0:
+            base = logits_ptr + row.to(tl.int64) * stride
+            for start in range(0, vocab, BLOCK):
+                offs = start + tl.arange(0, BLOCK)
+                values = tl.where(offs == forced, 0.0, float("-inf"))
+                tl.store(base + offs, values, mask=offs < vocab)
+
+    @triton.jit
+    def _force_rows_kernel(logits_ptr, stride, forced_ptr, vocab, BLOCK: tl.constexpr):
+        row = tl.program_id(0)
+        _mask_rows(logits_ptr, stride, tl.load(forced_ptr + row), row, vocab, BLOCK)
+
+    @triton.jit
+    def _step_kernel(
+        state_ptr, slots_ptr, total_len_ptr, ids_ptr, ids_stride, level_ptr, level_size,
+        control_ptr, suffix_ptr, suffix_width, think_end_id, forced_ptr, logits_ptr,
+        logits_stride, vocab, NCOL: tl.constexpr, BLOCK: tl.constexpr,
+    ):  # fmt: skip
+        row = tl.program_id(0)
+        slot = tl.load(slots_ptr + row).to(tl.int64)
+        base = state_ptr + slot * NCOL
+        active = tl.load(base + 0) > 0
+        interval = tl.load(base + 1)
+        cap = tl.load(base + 2)
+        suffix_row = tl.load(base + 3)
+        slen = tl.load(base + 4)
+        stop = tl.load(base + 5)
+        prompt_len = tl.load(base + 6)
+        n = tl.load(base + 7)
+        since = tl.load(base + 8)
+        level = tl.load(base + 9)
+        ended = tl.load(base + 10)
+        pos = tl.load(base + 11)
+        total = tl.load(total_len_ptr + slot).to(tl.int64)
+        fed = active & ((total - prompt_len) == n + 1)
+        last = tl.maximum(total - 1, 0)
+        token = tl.load(ids_ptr + slot * ids_stride + last).to(tl.int64)
+        lvl = tl.load(level_ptr + tl.minimum(token, level_size - 1))
+        is_control = lvl > 0
+        pos = tl.where(fed & (pos >= 0) & (pos < slen), pos + 1, pos)
+        level = tl.where(fed & is_control, lvl - 1, level)
+        since = tl.where(fed, tl.where(is_control, 0, since + 1), since)
+        ended = tl.where(fed & (token == think_end_id), 1, ended)
+        n = tl.where(fed, n + 1, n)
+        thinking = ended == 0
+        start_suffix = active & (pos < 0) & thinking & (cap >= 0) & (n >= cap) & (slen > 0)
+        pos = tl.where(start_suffix, 0, pos)
+        column = tl.minimum(tl.maximum(pos, 0), suffix_width - 1)
+        suffix_token = tl.load(suffix_ptr + suffix_row * suffix_width + column)
+        suffix_token = tl.where(pos < slen, suffix_token, -1)
+        control = (level > 0) & (since == interval) & (thinking | (stop == 0))
+        control_token = tl.load(control_ptr + tl.maximum(level, 0))
+        control_token = tl.where(control, control_token, -1)
+        forced = tl.where(pos >= 0, suffix_token, control_token)
+        forced = tl.where(active, forced, -1)
+        tl.store(base + 7, n, mask=active)
+        tl.store(base + 8, since, mask=active)
+        tl.store(base + 9, level, mask=active)
+        tl.store(base + 10, ended, mask=active)
+        tl.store(base + 11, pos, mask=active)
+        tl.store(forced_ptr + row, forced)
+        _mask_rows(logits_ptr, logits_stride, forced, row, vocab, BLOCK)
 
 
-def _load_kernel():
-    """The Triton row-forcing kernel, or None where Triton has no GPU backend."""
-    global _triton_kernel
-    if _triton_kernel is None:
-        try:
-            import triton
-            import triton.language as tl
+_kernels: dict | None = None  # {} once Triton turned out unusable here
 
-            @triton.jit
-            def force_rows_kernel(logits_ptr, stride, forced_ptr, vocab, BLOCK: tl.constexpr):
-                row = tl.program_id(0)
-                token = tl.load(forced_ptr + row)
-                if token >= 0:
-                    base = logits_ptr + row.to(tl.int64) * stride
-                    for start in range(0, vocab, BLOCK):
-                        offs = start + tl.arange(0, BLOCK)
-                        values = tl.where(offs == token, 0.0, float("-inf"))
-                        tl.store(base + offs, values, mask=offs < vocab)
 
-            _triton_kernel = force_rows_kernel
-        except Exception as e:  # no Triton, or one without a backend for this device
-            logger.info("Triton forcing kernel unavailable (%s); using torch ops", e)
-            _triton_kernel = False
-    return _triton_kernel or None
+def _load_kernels() -> dict:
+    """Triton kernels (`step`: the fused step + mask, `mask`: masking only), or {} without
+    Triton. Written with the same rules as `ForcingSlots.step`, one program per row; the tests
+    run them in Triton's interpreter and `scripts/bench_v2_processor.py` compares them with the
+    torch ops on a GPU."""
+    global _kernels
+    if _kernels is None:
+        _kernels = {"mask": _force_rows_kernel, "step": _step_kernel} if triton else {}
+    return _kernels
+
+
+def _kernel_failed(e: Exception) -> None:
+    global _kernels
+    _kernels = {}
+    logger.warning("Triton forcing kernel failed (%s); using torch ops from now on", e)
 
 
 def force_rows(logits: torch.Tensor, forced: torch.Tensor, *, use_kernel: bool = True) -> None:
@@ -266,7 +366,7 @@ def force_rows(logits: torch.Tensor, forced: torch.Tensor, *, use_kernel: bool =
             logits[rows] = float("-inf")
             logits[rows, tokens] = 0.0
         return
-    kernel = _load_kernel() if use_kernel else None
+    kernel = _load_kernels().get("mask") if use_kernel else None
     if kernel is not None and logits.dtype == torch.float32 and logits.stride(1) == 1:
         try:
             kernel[(logits.shape[0],)](
@@ -274,9 +374,7 @@ def force_rows(logits: torch.Tensor, forced: torch.Tensor, *, use_kernel: bool =
             )
             return
         except Exception as e:  # compile failure on an unusual stack: fall back, once
-            global _triton_kernel
-            _triton_kernel = False
-            logger.warning("Triton forcing kernel failed (%s); using torch ops", e)
+            _kernel_failed(e)
     force_rows_dense(logits, forced)
 
 

@@ -39,7 +39,7 @@ from vllm.v1.worker.gpu.sample.logits_processor import (
 )
 
 from budgetthinker.control_spec import ControlSpec, has_spec, load_spec
-from budgetthinker.patches.forcing_slots import ForcingSlots, force_rows
+from budgetthinker.patches.forcing_slots import ForcingSlots, step_and_force
 from budgetthinker.patches.vllm_params import (
     FALLBACK_WINDOW,
     decode_budget,
@@ -121,8 +121,8 @@ class BudgetForcingProcessorV2(LogitsProcessor):
         slots = self.slots
         if slots is None or not slots.any_active(ctx.idx_mapping_np):
             return logits
-        rows = ctx.expanded_idx_mapping.to(torch.int64)
-        total_len = self.req_states.total_len.gpu[rows]
-        forced = slots.step(rows, total_len, self.req_states.all_token_ids.gpu)
-        force_rows(logits, forced)
+        rs = self.req_states
+        step_and_force(
+            slots, logits, ctx.expanded_idx_mapping, rs.total_len.gpu, rs.all_token_ids.gpu
+        )
         return logits
