@@ -62,13 +62,15 @@ class BudgetSettings:
     two_stage: bool = False
     suffix: str = "eval"
     control: bool = True
+    stop_at_think_end: bool = True  # False: control tokens also after `</think>` (the original)
 
     def plan(self, spec: ControlSpec | None) -> ForcingPlan | None:
         if self.budget is None or spec is None:
             return None
         return make_plan(
-            spec, self.budget, control=self.control, two_stage=self.two_stage, suffix=self.suffix
-        )
+            spec, self.budget, control=self.control, two_stage=self.two_stage,
+            suffix=self.suffix, stop_at_think_end=self.stop_at_think_end,
+        )  # fmt: skip
 
     def vllm_extra_args(self) -> dict | None:
         if self.budget is None:
@@ -80,6 +82,7 @@ class BudgetSettings:
             "two_stage": self.two_stage,
             "suffix": self.suffix,
             "control": self.control,
+            "stop_at_think_end": self.stop_at_think_end,
         }
 
 
@@ -268,28 +271,41 @@ class Backend:
 
 @dataclass
 class Analysis:
-    """What happened in one output, recovered by replaying the forcing machine over it once."""
+    """What happened in one output, recovered by replaying the forcing machine over it once.
+
+    `finished_thinking` is None when the model has no known thinking delimiters (unknown, not
+    "never finished")."""
 
     control_positions: list[tuple[int, str]] = field(default_factory=list)
     forced_positions: list[int] = field(default_factory=list)
     thinking_tokens: int = 0
-    finished_thinking: bool = False
+    finished_thinking: bool | None = False
     suffix_forced: bool = False
     think_end_count: int = 0
 
 
 def analyse(
-    output_ids: Sequence[int], spec: ControlSpec | None, plan: ForcingPlan | None
+    output_ids: Sequence[int],
+    spec: ControlSpec | None,
+    plan: ForcingPlan | None,
+    end_ids: Sequence[int] = (),
 ) -> Analysis:
     """Control-token positions, forced positions and thinking length of one output.
 
     `finished_thinking` means the model closed thinking itself; a `</think>` that is part of a
     forced two-stage suffix does not count. `thinking_tokens` counts output tokens before the
-    first `</think>` (all tokens when thinking never ended).
+    first `</think>` (all tokens when thinking never ended). Without a spec, `end_ids` (the end
+    delimiter's token ids, see `budgetthinker.delimiters`) mark the end of thinking; with neither,
+    `finished_thinking` is None.
     """
     result = Analysis()
     if spec is None:
-        result.thinking_tokens = len(output_ids)
+        from budgetthinker.delimiters import find_all
+
+        ends = find_all(output_ids, end_ids)
+        result.think_end_count = len(ends)
+        result.thinking_tokens = ends[0] if ends else len(output_ids)
+        result.finished_thinking = bool(ends) if end_ids else None
         return result
     level_of = spec.level_of
     forcer = Forcer(plan) if plan is not None else None

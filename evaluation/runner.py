@@ -1,8 +1,12 @@
 """Run an evaluation sweep: methods × benchmarks × budgets × samples, resumable.
 
 Work is generated, graded and saved chunk by chunk (`samples.jsonl`, see `results.py`); a rerun
-of the same experiment skips what is already there. At the end the summary table and plots are
-written from everything in the results file.
+of the same experiment skips what is already there. Within a chunk every sample runs its
+method's episode (`methods/__init__.py`); each generation round is one batched `backend.run`
+over all episodes still running, and each finished round is journalled (`rounds.jsonl`), so a
+run killed between rounds replays the journal on resume instead of generating those rounds
+again. A sample is saved only once finished. At the end the summary table, plots and the
+comparison report are written from everything in the results file.
 """
 
 from __future__ import annotations
@@ -20,12 +24,14 @@ from tqdm import tqdm
 
 from budgetthinker.config import to_dict
 from budgetthinker.control_spec import ControlSpec, has_spec, load_spec
+from budgetthinker.delimiters import Delimiters, detect
 from budgetthinker.errors import UserError
 from budgetthinker.evaluation.config import EvalConfig
 from budgetthinker.evaluation.datasets import Problem, load_problems
-from budgetthinker.evaluation.methods import Method, get_method
+from budgetthinker.evaluation.methods import Method, Outcome, SampleContext, get_methods
+from budgetthinker.evaluation.methods.prompting import check_two_stage
 from budgetthinker.evaluation.results import ResultsFile
-from budgetthinker.generation import BudgetSettings, analyse, default_max_new_tokens, require_vllm
+from budgetthinker.generation import GenResult, analyse, eos_token_ids, require_vllm, sample_seed
 from budgetthinker.limits import check_fits
 from budgetthinker.outputs import FolderLock, atomic_json, atomic_text, experiment_dir
 
@@ -39,8 +45,12 @@ class Request:
     budget: int
     sample: int
     prompt_ids: list[int]
-    settings: BudgetSettings
-    max_new_tokens: int
+    longest_prompt: int  # of this method, benchmark and budget (s1's `auto` budget)
+
+    @property
+    def key(self) -> tuple:
+        return (self.method.display_name, self.problem.benchmark, self.budget,
+                self.problem.id, self.sample)  # fmt: skip
 
 
 def resolve_model(model: str) -> str:
@@ -55,31 +65,26 @@ def resolve_model(model: str) -> str:
 
 def check_setup(cfg: EvalConfig, spec: ControlSpec | None, model_dir: str) -> list[Method]:
     """Every mistake that can be found before loading a model, with its fix."""
-    methods = [get_method(name) for name in cfg.methods]
+    methods = get_methods(cfg.methods)
     if spec is None:
-        needing = [m.name for m in methods if m.needs_control_tokens]
+        needing = [m.display_name for m in methods if m.needs_control_tokens]
         if needing:
             raise UserError(
                 f"method {needing[0]!r} needs a model with control tokens, but {model_dir} has "
                 f"none; prepare it: budgetthinker prepare --base {model_dir} --mode 8ratio "
                 "--out <folder>, or use methods=[withoutremaining]"
             )
-        if cfg.two_stage:
-            raise UserError(
-                "two_stage needs a prepared model (its spec holds the suffix token ids); "
-                f"prepare {model_dir} first or set two_stage=false"
-            )
+    if cfg.two_stage:
+        check_two_stage(spec, "seed" in cfg.compat)
     for budget in cfg.budgets:
         if isinstance(budget, bool) or budget <= 0:
             raise UserError(f"budgets must be positive integers, got {budget}")
-        if spec is not None and any(m.force_control for m in methods):
-            spec.parsed_mode.check_budget(budget)
-    for method in methods:  # before anything is written: a budget the model cannot hold
+    for method in methods:  # before anything is written: each method's own budget rules
         for budget in cfg.budgets:
-            settings = method.settings(budget, cfg.two_stage)
-            max_new = cfg.max_new_tokens or default_max_new_tokens(settings, spec)
+            method.check_budget(budget, spec)
+            total = method.max_total_tokens(budget, cfg.max_new_tokens, spec, cfg.two_stage)
             fix = "use smaller budgets=[…] or max_new_tokens=…"
-            check_fits(model_dir, max_new, f"budget {budget}: {max_new} new tokens", fix)
+            check_fits(model_dir, total, f"budget {budget}: {total} new tokens", fix)
     if cfg.backend == "vllm":
         require_vllm()
     return methods
@@ -109,6 +114,7 @@ def _run_locked(cfg, backend, model_dir, spec, methods, problems, out_dir: Path)
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    delimiters = detect(tokenizer, spec, cfg.delimiters)
     pending = _pending_requests(cfg, methods, problems, tokenizer, spec, results.done)
     total = len(problems) * len(methods) * len(cfg.budgets) * cfg.sampling.n
     print(
@@ -121,16 +127,20 @@ def _run_locked(cfg, backend, model_dir, spec, methods, problems, out_dir: Path)
         from budgetthinker.evaluation.grading import Grader
 
         owned = backend is None
-        backend = backend or _make_backend(cfg, model_dir, pending)
+        backend = backend or _make_backend(cfg, model_dir, pending, spec)
         if backend.name != cfg.backend:
             raise ValueError(f"backend {backend.name!r} passed for a {cfg.backend!r} config")
+        journal = Journal(out_dir / "rounds.jsonl")
+        run = ChunkRun(cfg, backend, tokenizer, spec, delimiters, journal)
         with (
-            Grader(cfg.grading.workers, cfg.grading.timeout) as grader,
+            Grader(
+                cfg.grading.workers, cfg.grading.timeout, extraction=cfg.grading.extraction
+            ) as grader,
             tqdm(total=len(pending), desc="generate+grade", unit="sample") as bar,
         ):
             try:
                 for chunk in _chunks(pending, cfg):
-                    results.append(_run_chunk(chunk, cfg, backend, grader, tokenizer, spec))
+                    results.append(run.records(chunk, grader))
                     bar.update(len(chunk))
             finally:
                 if owned:
@@ -142,86 +152,118 @@ def _run_locked(cfg, backend, model_dir, spec, methods, problems, out_dir: Path)
     return out_dir
 
 
-def _pending_requests(cfg, methods, problems, tokenizer, spec, done) -> list[Request]:
-    mode = spec.parsed_mode if spec is not None else None
-    pending = []
-    for method in methods:
-        for budget in cfg.budgets:
-            settings = method.settings(budget, cfg.two_stage)
-            max_new = cfg.max_new_tokens or default_max_new_tokens(settings, spec)
-            for problem in problems:
-                prompt_ids = None
-                for sample in range(cfg.sampling.n):
-                    key = (cfg.model, cfg.backend, method.name, cfg.two_stage, problem.benchmark,
-                           budget, problem.id, sample)  # fmt: skip
-                    if key in done:
-                        continue
-                    if prompt_ids is None:
-                        text = method.prompt(
-                            tokenizer, problem.question, budget, mode, problem.system_line
-                        )
-                        prompt_ids = tokenizer.encode(text, add_special_tokens=False)
-                    pending.append(
-                        Request(method, problem, budget, sample, prompt_ids, settings, max_new)
-                    )
-    return pending
+class Journal:
+    """Finished generation rounds of samples not yet saved, one JSON line per round, appended
+    and flushed as each round ends; replayed into the episodes when a killed run resumes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rounds: dict[str, list[GenResult]] = {}
+        if path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by the kill
+                self.rounds.setdefault(entry["key"], []).append(GenResult(**entry["result"]))
+
+    def replay(self, key: str) -> list[GenResult]:
+        return self.rounds.get(key, [])
+
+    def write(self, entries: list[tuple[str, GenResult]]) -> None:
+        if not entries:
+            return
+        with self.path.open("a") as f:
+            for key, result in entries:
+                f.write(json.dumps({"key": key, "result": vars(result)}) + "\n")
+            f.flush()
 
 
-def _chunks(pending: list[Request], cfg: EvalConfig):
-    """Chunks of at most `chunk_size` requests of one sweep point each (so that wall time and
-    tokens/s are attributed to the right point)."""
-    chunk: list[Request] = []
-    for request in pending:
-        point = (request.method.name, request.problem.benchmark, request.budget)
-        if chunk and (
-            len(chunk) >= cfg.chunk_size
-            or point != (chunk[0].method.name, chunk[0].problem.benchmark, chunk[0].budget)
-        ):
-            yield chunk
-            chunk = []
-        chunk.append(request)
-    if chunk:
-        yield chunk
+class ChunkRun:
+    """Runs the episodes of one chunk round by round and turns outcomes into sample records."""
 
+    def __init__(self, cfg, backend, tokenizer, spec, delimiters: Delimiters, journal) -> None:
+        self.cfg, self.backend, self.tokenizer, self.spec = cfg, backend, tokenizer, spec
+        self.delimiters = delimiters
+        self.journal = journal
+        self.eos_ids = frozenset(_eos_ids(cfg, tokenizer))
 
-def _make_backend(cfg: EvalConfig, model_dir: str, pending: list[Request]):
-    from budgetthinker.patches.hf_backend import HFBackend
-    from budgetthinker.patches.vllm_backend import VLLMBackend
+    def context(self, request: Request) -> SampleContext:
+        cfg = self.cfg
+        return SampleContext(
+            prompt_ids=request.prompt_ids,
+            budget=request.budget,
+            tokenizer=self.tokenizer,
+            spec=self.spec,
+            delimiters=self.delimiters,
+            max_new_tokens=cfg.max_new_tokens,
+            two_stage=cfg.two_stage,
+            seed=sample_seed(cfg.sampling.seed, request.problem.benchmark, request.problem.id,
+                             request.sample, request.method.display_name, request.budget),
+            longest_prompt=request.longest_prompt,
+            compat=tuple(cfg.compat),
+            stop_at_think_end=cfg.stop_at_think_end,
+            eos_ids=self.eos_ids,
+        )  # fmt: skip
 
-    if cfg.backend == "hf":
-        return HFBackend(model_dir, seed=cfg.sampling.seed)
-    longest = max(len(r.prompt_ids) + r.max_new_tokens for r in pending)
-    print("[eval] starting the vLLM engine…", file=sys.stderr)
-    return VLLMBackend(
-        model_dir, seed=cfg.sampling.seed, max_model_len=cfg.max_model_len or longest
-    )
+    def outcomes(self, chunk: list[Request]) -> list[Outcome]:
+        """Drive every episode of the chunk; one batched `backend.run` per round."""
+        keys = [json.dumps([self.cfg.model, self.cfg.backend, self.cfg.two_stage, *r.key])
+                for r in chunk]  # fmt: skip
+        episodes = [r.method.episode(self.context(r)) for r in chunk]
+        outcomes: list[Outcome | None] = [None] * len(chunk)
+        waiting: dict[int, object] = {}
+        for i, episode in enumerate(episodes):
+            step = _advance(episode, None)
+            for done in self.journal.replay(keys[i]):  # rounds finished before a kill
+                if isinstance(step, Outcome):
+                    break
+                step = _advance(episode, done)
+            if isinstance(step, Outcome):
+                outcomes[i] = step
+            else:
+                waiting[i] = step
+        kwargs = {"temperature": self.cfg.sampling.temperature, "top_p": self.cfg.sampling.top_p,
+                  "batch_size": self.cfg.batch_size}  # fmt: skip
+        while waiting:
+            order = list(waiting)
+            results = self.backend.run([waiting[i] for i in order], **kwargs)
+            self.journal.write([(keys[i], r) for i, r in zip(order, results, strict=True)])
+            for i, result in zip(order, results, strict=True):
+                step = _advance(episodes[i], result)
+                if isinstance(step, Outcome):
+                    outcomes[i] = step
+                    del waiting[i]
+                else:
+                    waiting[i] = step
+        return outcomes  # type: ignore[return-value]
 
+    def records(self, chunk: list[Request], grader) -> list[dict]:
+        start = time.perf_counter()
+        outcomes = self.outcomes(chunk)
+        seconds = (time.perf_counter() - start) / len(chunk)
+        texts = [self.tokenizer.decode(o.output_ids, skip_special_tokens=False) for o in outcomes]
+        grades = grader.grade_many([
+            (t, r.problem.answer, r.problem.benchmark, r.method.answer_format)
+            for t, r in zip(texts, chunk, strict=True)
+        ])  # fmt: skip
+        return [
+            self.record(r, o, t, g, seconds)
+            for r, o, t, g in zip(chunk, outcomes, texts, grades, strict=True)
+        ]
 
-def _run_chunk(
-    chunk: list[Request], cfg: EvalConfig, backend, grader, tokenizer, spec
-) -> list[dict]:
-    kwargs = {"temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p}
-    if backend.name == "hf":
-        kwargs["batch_size"] = cfg.batch_size
-    start = time.perf_counter()
-    outputs = backend.generate(
-        [r.prompt_ids for r in chunk],
-        [r.settings for r in chunk],
-        [r.max_new_tokens for r in chunk],
-        **kwargs,
-    )
-    seconds = (time.perf_counter() - start) / len(chunk)
-    texts = [tokenizer.decode(o, skip_special_tokens=False) for o in outputs]
-    grades = grader.grade_many(
-        [(t, r.problem.answer, r.problem.benchmark) for t, r in zip(texts, chunk, strict=True)]
-    )
-    records = []
-    for request, output, text, grade in zip(chunk, outputs, texts, grades, strict=True):
-        info = analyse(output, spec, request.settings.plan(spec))
-        records.append({
+    def record(self, request: Request, outcome: Outcome, text: str, grade, seconds) -> dict:
+        cfg = self.cfg
+        plan = outcome.settings.plan(self.spec) if outcome.settings is not None else None
+        info = analyse(outcome.output_ids, self.spec, plan, self.delimiters.end_ids)
+        thinking = info.thinking_tokens if outcome.thinking_tokens is None \
+            else outcome.thinking_tokens  # fmt: skip
+        finished = info.finished_thinking if outcome.finished_thinking is None \
+            else outcome.finished_thinking  # fmt: skip
+        return {
             "model": cfg.model,
             "backend": cfg.backend,
-            "method": request.method.name,
+            "method": request.method.display_name,
             "two_stage": cfg.two_stage,
             "benchmark": request.problem.benchmark,
             "budget": request.budget,
@@ -231,25 +273,117 @@ def _run_chunk(
             "predicted": grade.predicted,
             "correct": grade.correct,
             "grade_timed_out": grade.timed_out,
-            "thinking_tokens": info.thinking_tokens,
-            "output_tokens": len(output),
-            "finished_thinking": info.finished_thinking,
+            "grade_rule": getattr(grade, "rule", None),
+            "thinking_tokens": thinking,
+            "output_tokens": len(outcome.output_ids),
+            "finished_thinking": finished,
+            "delimiters": self.delimiters.source,
             "think_end_count": info.think_end_count,
             "suffix_forced": info.suffix_forced,
             "control_tokens": len(info.control_positions),
+            "rounds": outcome.rounds,
+            **outcome.extra,
             "gen_seconds": seconds,
             "text": text,
-        })  # fmt: skip
-    return records
+        }  # fmt: skip
+
+
+def _advance(episode, result):
+    """Send a round's result into an episode: its next request, or its `Outcome` when done."""
+    try:
+        return next(episode) if result is None else episode.send(result)
+    except StopIteration as stop:
+        if not isinstance(stop.value, Outcome):
+            raise TypeError(f"a method episode returned {stop.value!r}, not an Outcome") from None
+        return stop.value
+
+
+def _pending_requests(cfg, methods, problems, tokenizer, spec, done) -> list[Request]:
+    mode = spec.parsed_mode if spec is not None else None
+    pending = []
+    for method in methods:
+        for budget in cfg.budgets:
+            prompts = {}
+            for problem in problems:
+                text = method.prompt(tokenizer, problem.question, budget, mode, problem.system_line)
+                prompts[problem.benchmark, problem.id] = tokenizer.encode(
+                    text, add_special_tokens=False
+                )
+            longest: dict[str, int] = {}
+            for (benchmark, _), ids in prompts.items():
+                longest[benchmark] = max(longest.get(benchmark, 0), len(ids))
+            for problem in problems:
+                for sample in range(cfg.sampling.n):
+                    key = (cfg.model, cfg.backend, method.display_name, cfg.two_stage,
+                           problem.benchmark, budget, problem.id, sample)  # fmt: skip
+                    if key in done:
+                        continue
+                    pending.append(Request(
+                        method, problem, budget, sample, prompts[problem.benchmark, problem.id],
+                        longest[problem.benchmark],
+                    ))  # fmt: skip
+    return pending
+
+
+def _chunks(pending: list[Request], cfg: EvalConfig):
+    """Chunks of at most `chunk_size` requests of one sweep point each (so that wall time and
+    tokens/s are attributed to the right point)."""
+    chunk: list[Request] = []
+    for request in pending:
+        point = (request.method.display_name, request.problem.benchmark, request.budget)
+        if chunk and (
+            len(chunk) >= cfg.chunk_size
+            or point != (chunk[0].method.display_name, chunk[0].problem.benchmark, chunk[0].budget)
+        ):
+            yield chunk
+            chunk = []
+        chunk.append(request)
+    if chunk:
+        yield chunk
+
+
+def _make_backend(cfg: EvalConfig, model_dir: str, pending: list[Request], spec):
+    from budgetthinker.patches.hf_backend import HFBackend
+    from budgetthinker.patches.vllm_backend import VLLMBackend
+
+    if cfg.backend == "hf":
+        return HFBackend(model_dir, seed=cfg.sampling.seed)
+    longest = max(
+        len(r.prompt_ids)
+        + r.method.max_total_tokens(r.budget, cfg.max_new_tokens, spec, cfg.two_stage)
+        for r in pending
+    )
+    print("[eval] starting the vLLM engine…", file=sys.stderr)
+    return VLLMBackend(
+        model_dir, seed=cfg.sampling.seed, max_model_len=cfg.max_model_len or longest
+    )
+
+
+def _eos_ids(cfg: EvalConfig, tokenizer) -> set[int]:
+    from transformers import GenerationConfig
+
+    try:
+        generation = GenerationConfig.from_pretrained(resolve_model(cfg.model))
+    except OSError:
+        generation = None
+    return eos_token_ids(generation, tokenizer)
 
 
 def _fingerprint(cfg: EvalConfig) -> dict:
-    """Settings that change outputs but are not part of a sample's key."""
-    return {
+    """Settings that change outputs but are not part of a sample's key (the faithful switches
+    only when set, so runs made before they existed still match)."""
+    found = {
         "sampling": to_dict(cfg.sampling),
         "max_new_tokens": cfg.max_new_tokens,
         "data": to_dict(cfg.data),
     }
+    if cfg.compat:
+        found["compat"] = sorted(cfg.compat)
+    if not cfg.stop_at_think_end:
+        found["stop_at_think_end"] = False
+    if cfg.delimiters:
+        found["delimiters"] = cfg.delimiters
+    return found
 
 
 def _check_fingerprint(out_dir: Path, cfg: EvalConfig) -> None:

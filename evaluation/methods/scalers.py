@@ -1,0 +1,122 @@
+"""Scaling functions for s1 budget forcing (the HF budget-forcing fork, reference A3; SPEC §7).
+
+After each thinking round that the model ended itself, s1 asks its scaler whether to go on:
+`scaler(iteration=i, seq=token ids so far (prompt included), entropies=normalised per-token
+entropies of the round just generated, scale_token=ids of the ignore string)` returns
+`(continue_scaling, scale_token)`: whether to suppress the end of thinking, and the tokens to
+append. `get_scale_func(name, scale_token, **params)` builds one from the registry; a custom
+scaler registers with `@register_scaler("name")` or loads from a dotted path
+(`package.module:factory`). Two decorators turn simpler functions into scalers:
+`@should_continue_scaling` (a predicate; the token stays) and `@scale_token_only` (returns the
+tokens; always continues).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from budgetthinker.errors import UserError
+
+Scaler = Callable[..., tuple[bool, list[int]]]
+SCALERS: dict[str, Callable[..., Any]] = {}
+NEEDS_ENTROPIES: set[str] = set()
+
+
+def register_scaler(name: str, *, needs_entropies: bool = False):
+    """Register a scaler function (keyword arguments: iteration, seq, entropies, scale_token,
+    then its own parameters) under `name`; `needs_entropies` makes s1 ask for them."""
+
+    def wrap(func):
+        SCALERS[name] = func
+        if needs_entropies:
+            NEEDS_ENTROPIES.add(name)
+        func.needs_entropies = needs_entropies
+        return func
+
+    return wrap
+
+
+def should_continue_scaling(func: Callable[..., bool]) -> Scaler:
+    """Decorator: a predicate `(iteration, seq, entropies, **params) -> bool` becomes a scaler
+    that keeps the ignore string (the fork's code calls it `should_scale_only`)."""
+
+    @functools.wraps(func)
+    def scaler(*args, scale_token: Sequence[int], **kwargs) -> tuple[bool, list[int]]:
+        return bool(func(*args, **kwargs)), list(scale_token)
+
+    return scaler
+
+
+def scale_token_only(func: Callable[..., Sequence[int]]) -> Scaler:
+    """Decorator: a function returning the tokens to append becomes a scaler that always
+    continues (the HF fork's behaviour; its later version also stopped on an empty list)."""
+
+    @functools.wraps(func)
+    def scaler(*args, **kwargs) -> tuple[bool, list[int]]:
+        return True, list(func(*args, **kwargs))
+
+    return scaler
+
+
+@register_scaler("default")
+def default(*, iteration: int, seq, entropies, scale_token: Sequence[int]):
+    """Always continue with the ignore string (plain s1)."""
+    return True, list(scale_token)
+
+
+@register_scaler("entropy_thresholding", needs_entropies=True)
+@should_continue_scaling
+def entropy_thresholding(
+    *,
+    iteration: int,
+    seq: Sequence[int],
+    entropies: Sequence[float] | None,
+    threshold: float = 0.5,
+    decay_factor: float = 1.0,
+    last_k: float = -1,
+    compat: bool = False,
+) -> bool:
+    """Continue while the mean normalised entropy of the last round's tokens (its last `last_k`;
+    0 < last_k < 1: that fraction; −1: all) is above `threshold · decay_factor^iteration`
+    (SPEC §7: keep thinking while the model is uncertain). `compat=True` is the fork's rule:
+    continue while it is *below* that value, with a fractional last_k taken of the whole
+    sequence (prompt included)."""
+    ent = list(entropies or [])
+    k = last_k
+    if 0 < k < 1:
+        k = math.ceil(k * (len(seq) if compat else len(ent)))
+    if k > -1 and k != 0:
+        ent = ent[-int(k) :]
+    mean = sum(ent) / len(ent) if ent else 0.0
+    limit = threshold * decay_factor**iteration
+    return mean < limit if compat else mean > limit
+
+
+def get_scale_func(name: str, scale_token: Sequence[int], **params: Any) -> Scaler:
+    """A scaler by registered name or dotted path, with its parameters bound."""
+    func = SCALERS.get(name)
+    if func is None and (":" in name or "." in name):
+        module, _, attr = name.partition(":") if ":" in name else name.rpartition(".")
+        try:
+            func = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as e:
+            raise UserError(f"cannot load scaling function {name!r}: {e}") from None
+    if func is None:
+        raise UserError(
+            f"unknown scaling function {name!r}; choose from {', '.join(SCALERS)} or give a "
+            "dotted path (package.module:function)"
+        )
+    token = list(scale_token)
+
+    def scaler(*, iteration: int, seq, entropies) -> tuple[bool, list[int]]:
+        go_on, tokens = func(
+            iteration=iteration, seq=seq, entropies=entropies, scale_token=token, **params
+        )
+        return bool(go_on), list(tokens)
+
+    scaler.needs_entropies = getattr(func, "needs_entropies", False) or name in NEEDS_ENTROPIES
+    return scaler
