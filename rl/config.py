@@ -14,6 +14,7 @@ from pathlib import Path
 from budgetthinker.config import load_config, recipes_root, shipped_recipes
 from budgetthinker.config import resolve_recipe as resolve_shipped
 from budgetthinker.errors import UserError
+from budgetthinker.outputs import plain_name
 from budgetthinker.rl.curriculum import CurriculumConfig
 from budgetthinker.rl.data import RLDataConfig
 
@@ -98,8 +99,7 @@ class RLConfig:
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
-        if not self.experiment or "/" in self.experiment:
-            raise ValueError("experiment must be a plain name (it becomes runs/<experiment>/)")
+        plain_name(self.experiment, "experiment")  # it becomes <output_dir>/<experiment>/
 
     @property
     def run_dir(self) -> Path:

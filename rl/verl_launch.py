@@ -34,6 +34,7 @@ from typing import Any
 from budgetthinker.config import build
 from budgetthinker.control_spec import load_spec
 from budgetthinker.errors import UserError
+from budgetthinker.outputs import plain_name
 from budgetthinker.rl.curriculum import Curriculum, CurriculumConfig
 from budgetthinker.rl.data import RLDataConfig, SyntheticRLConfig, load_split
 from budgetthinker.rl.verl_data import VerlData, chat_prompt_lengths, write_verl_data
@@ -79,8 +80,7 @@ class VerlRecipe:
     def __post_init__(self) -> None:
         if self.tip not in TIPS:
             raise ValueError(f"tip must be one of {', '.join(TIPS)}, got {self.tip!r}")
-        if not self.experiment or "/" in self.experiment:
-            raise ValueError("experiment must be a plain name (it becomes runs/<experiment>/)")
+        plain_name(self.experiment, "experiment")  # it becomes <output_dir>/<experiment>/
 
     def data_config(self) -> RLDataConfig:
         return RLDataConfig(

@@ -37,6 +37,7 @@ from budgetthinker.outputs import (
     atomic_json,
     atomic_write,
     check_writable,
+    plain_name,
     removed_on_failure,
 )
 from budgetthinker.prompts import user_content
@@ -412,6 +413,7 @@ def write_dataset(
     Published only on success: rows go to a temp file; `finish(n_rows)` then returns the extra
     JSON files to write next to it (the stats) or raises (e.g. no row kept), and only then are
     the files renamed into place. A failed or killed run leaves the folder as it was."""
+    plain_name(name, "--name")  # the file names below must stay inside out_dir
     out = Path(out_dir)
     data_path = out / f"{name}.jsonl"
     info_path = out / "dataset_info.json"
