@@ -16,8 +16,8 @@
 In front of math-verify, a few rules decide cases it gets wrong or that depend on the antlr4
 runtime: numbers with base subscripts compare by value (`4210_{6}` ≠ `4210_{5}`; math-verify drops
 the base); `N%` (also `N pct`, `N percent`) equals N and N/100 (math-verify's own rule, but with
-antlr4 4.9.3 — verl's hydra pin — latex2sympy cannot parse `\\%` at all); a decimal comma equals
-the decimal point (`1000,99` = `1000.99`, a comma list is compared as a list); a mixed number
+antlr4 4.9.3 — verl's hydra pin — latex2sympy cannot parse `\\%` at all); a predicted decimal
+comma equals a gold decimal point (`1000,99` = `1000.99`; a gold `1,3` stays a list); a mixed number
 `7 3/4` is 31/4. math-verify parses in `first_match` mode (see `_parse`), so an answer it cannot
 parse is compared as text instead of by some fragment of it.
 
@@ -462,14 +462,13 @@ def _decimal(text: str) -> Decimal | None:
 
 
 def _compare_decimal_comma(pred: str, gold: str) -> bool | None:
-    """`1000,99` against `1000.99`: a decimal comma on one side, a decimal point on the other.
-    (Both answers in one notation go to math-verify, which reads `1,2` as a list.) None when
-    this rule does not apply."""
-    for comma_side, point_side in ((pred, gold), (gold, pred)):
-        comma, point = _DECIMAL_COMMA.match(comma_side), _DECIMAL_POINT.match(point_side)
-        if comma and point:
-            return _decimal(f"{comma[1]}.{comma[2]}") == _decimal(f"{point[1]}.{point[2]}")
-    return None
+    """A predicted `1000,99` against a gold `1000.99`: a decimal comma in the answer. Only that
+    way round: a gold `1,3` is a list (OlympiadBench has many), never 1.3. None when this rule
+    does not apply."""
+    comma, point = _DECIMAL_COMMA.match(pred), _DECIMAL_POINT.match(gold)
+    if not comma or not point:
+        return None
+    return _decimal(f"{comma[1]}.{comma[2]}") == _decimal(f"{point[1]}.{point[2]}")
 
 
 _RULES = (

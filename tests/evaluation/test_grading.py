@@ -141,7 +141,6 @@ def test_extract_answer(text, benchmark, expected):
         ("7 3/4", r"\frac{31}{4}"),
         ("-7 3/4", "-7.75"),
         ("1000,99", "1000.99"),
-        ("1.22", "1,22"),
         (r"1 + \frac{1}{\mathrm{e}}", "1 + e^{-1}"),
     ],
 )
@@ -170,6 +169,7 @@ def test_equivalent(pred, gold):
         ("7 3/4", "21/4"),  # a mixed number, not a product
         ("28 pct", "29"),
         ("1,000", "1.000"),  # a thousands separator is no decimal comma
+        ("1.3", "1,3"),  # a gold list (OlympiadBench) is no decimal
         (r"1 + \frac{1}{\mathrm{e}}", r"1 - \frac{1}{\mathrm{e}}"),  # math-verify: both "1"
         # math-verify cannot parse these; with its default `any_match` both became 2/3
         (r"\frac{1}{3} E_{1}+\frac{2}{3} E_{3}", r"\frac{1}{3} E_{1}+\frac{2}{3} E_{2}"),
