@@ -29,10 +29,12 @@ tokens are not part of it (they still count in `L`).
 from __future__ import annotations
 
 import atexit
+import functools
 import re
 import threading
 from typing import Any
 
+from budgetthinker.evaluation.extraction import check_extraction
 from budgetthinker.evaluation.grading import Grader, GradeResult, grade
 
 ACCURACY_WEIGHT = 0.7
@@ -205,7 +207,7 @@ def trl_reward(
 
     `answer` comes from the dataset, `budget` and `response_length` from the budget rollout
     (`budgetthinker.rl.trl_grpo`). Completions are TRL's decoded text (no special tokens).
-    `extraction="seed"` (bind it with `functools.partial`) is the original reward's answer rule.
+    `extraction="seed"` (bound by `make_trl_reward`) is the original reward's answer rule.
     """
     results = [
         score(_text(c), a, budget=b, response_length=n, extraction=extraction)
@@ -215,6 +217,15 @@ def trl_reward(
         for part in ("accuracy", "format", "length"):
             log_metric(f"reward/{part}", sum(r[part] for r in results) / max(len(results), 1))
     return [r["score"] for r in results]
+
+
+def make_trl_reward(extraction: str = "default") -> Any:
+    """`trl_reward` with the answer rule bound (`"seed"` under `compat: seed`), named as TRL
+    logs reward functions."""
+    check_extraction(extraction)
+    bound = functools.partial(trl_reward, extraction=extraction)
+    bound.__name__ = "trl_reward"  # type: ignore[attr-defined]
+    return bound
 
 
 def _text(completion: Any) -> str:

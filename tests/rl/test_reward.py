@@ -195,6 +195,14 @@ def test_seed_extraction(text, gold, default, seed):
     assert got["accuracy"] == seed
 
 
+def test_trl_reward_with_the_seed_rule():
+    seed = reward.make_trl_reward("seed")
+    assert seed.__name__ == "trl_reward"
+    args = {"prompts": ["p"], "answer": ["42"], "budget": [100], "response_length": [10]}
+    assert seed(completions=[SEED_ONLY[1]], **args) == [pytest.approx(0.7 + 0.15)]
+    assert reward.make_trl_reward()(completions=[SEED_ONLY[1]], **args) == [0.0]
+
+
 def test_unknown_extraction_is_an_error():
     with pytest.raises(Exception, match="grading.extraction must be one of"):
         reward.accuracy_reward("\\boxed{1}", "1", extraction="original")
