@@ -270,15 +270,16 @@ _MV_TARGETS: Any = None
 
 
 def _mv_targets() -> Any:
-    """math-verify's extraction regexes for LaTeX then expressions, boxes first (ours ran
-    before and found none, so a box here is unclosed or odd)."""
+    """math-verify's extraction regexes for LaTeX then expressions, its boxes left out: boxes
+    are the box rule's alone, so a cut last box (`\\boxed{1} … \\boxed{2`) is no answer rather
+    than an earlier, intermediate box. (`math_verify.parser` internals, pinned at 0.9.0.)"""
     global _MV_TARGETS
     if _MV_TARGETS is None:
         from math_verify import ExprExtractionConfig, LatexExtractionConfig
         from math_verify.parser import get_extraction_regexes
 
         _MV_TARGETS = get_extraction_regexes(
-            [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
+            [LatexExtractionConfig(boxed_match_priority=-1), ExprExtractionConfig()]
         )
     return _MV_TARGETS
 
@@ -299,7 +300,7 @@ def _math_verify_answer(text: str) -> Extraction | None:
     for priority in sorted({p for p, _, _ in patterns}):
         matches = sorted(
             (
-                (m, target, pattern)
+                (m, target)
                 for p, pattern, target in patterns
                 if p == priority
                 for m in pattern.finditer(text)
@@ -307,16 +308,12 @@ def _math_verify_answer(text: str) -> Extraction | None:
             key=lambda x: (x[0].end(), -x[0].start()),
             reverse=True,
         )
-        for match, target, pattern in matches:
+        for match, target in matches:
             parsed, answer = extract_match(match, target)
             if parsed is None or not answer:
                 continue
-            latex = isinstance(target, LatexExtractionConfig)
-            if latex and "boxed" in pattern.pattern:
-                anchor = "boxed"
-            else:
-                anchor = _ANCHORS.get(priority, "plain")
-            rule = f"math-verify {anchor} ({'latex' if latex else 'expression'})"
+            kind = "latex" if isinstance(target, LatexExtractionConfig) else "expression"
+            rule = f"math-verify {_ANCHORS.get(priority, 'plain')} ({kind})"
             return Extraction(answer, rule, parsed=parsed)
     return None
 

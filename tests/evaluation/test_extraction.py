@@ -49,6 +49,12 @@ def test_box_group_ends_the_response():
     assert extract(r"\boxed{2}").group is None
 
 
+def test_a_cut_last_box_is_no_answer():
+    """Not the earlier, intermediate box (math-verify's own box pattern would take it)."""
+    assert extract(r"so \boxed{1}, then \boxed{2") == Extraction(None)
+    assert extract(r"so \boxed{1}, then \boxed{2", extraction="seed").answer == "2"
+
+
 def test_a_box_wins_over_math_verify_phrases():
     assert extract(r"The answer is 5. Check: \boxed{6}") == Extraction("6", "boxed")
 
