@@ -309,7 +309,10 @@ def _math_verify_answer(text: str) -> Extraction | None:
             reverse=True,
         )
         for match, target in matches:
-            parsed, answer = extract_match(match, target)
+            try:
+                parsed, answer = extract_match(match, target)
+            except Exception:  # a normaliser that chokes on odd text: as if unparsed
+                continue
             if parsed is None or not answer:
                 continue
             kind = "latex" if isinstance(target, LatexExtractionConfig) else "expression"

@@ -4,6 +4,8 @@ answer came from; the original's last-boxed rule (`qwen` / `seed`)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("math_verify")
 
@@ -110,3 +112,17 @@ def test_qwen_rule_minerva_phrase_only_for_minerva():
     assert qwen_answer(text) == "2"
     assert extract(text, "minerva_math", extraction="qwen").answer == "3"
     assert extract(text, "minerva_math", extraction="seed").answer == "2"  # the RL reward's copy
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.text(
+        alphabet=st.sampled_from(list("0123456789 .,-+=/^_{}()[]$\\abxeFinalswr:\n")), max_size=60
+    )
+)
+def test_never_raises_on_odd_text(text):
+    for extraction in ("default", "seed"):
+        found = extract(text, extraction=extraction)
+        assert found.answer is None or found.answer.strip()
+    for fmt in ANSWER_FORMATS:
+        extract(text, answer_format=fmt)
