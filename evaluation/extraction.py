@@ -390,7 +390,7 @@ def qwen_answer(text: str, benchmark: str | None = None) -> str | None:
     elif "final answer is" in text:
         pred = text.rsplit("final answer is", 1)[1].strip()
     elif "答案是" in text:
-        pred = text.split("答案是", 1)[1].strip().split("\n\n", 1)[0].strip()
+        pred = text.split("答案是")[1].strip().split("\n\n", 1)[0].strip()  # up to a second one
     else:
         numbers = _QWEN_NUMBER.findall(text.replace(",", ""))
         pred = numbers[-1] if numbers else ""

@@ -99,6 +99,7 @@ def test_unknown_names_are_user_errors():
         ("we have 3 apples and 1,250 pears", "1250"),  # the last number
         ("no digits at all", None),
         ("x:\n 4.", "4"),
+        ("答案是 12 答案是 13", "12"),  # up to a second marker, as the original split it
     ],
 )
 def test_qwen_rule(text, answer):
