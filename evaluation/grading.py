@@ -252,7 +252,8 @@ def grade(
     `answer_format` names a method's own format (`ANSWER_FORMATS`: `"tale"`, `"s1"`), tried
     first; `extraction="qwen"` (or `"seed"`) uses the original's last-boxed rule instead of the
     chain. When several boxes end the response and the gold answer has several parts, the
-    group is graded (`rule="boxed group"`), else the last box.
+    group is graded first (`rule="boxed group"`), then the last box alone; for a gold with one
+    part only the last box counts, so hedging over boxes does not pay.
 
     >>> grade("... hence **Final Answer** \\\\boxed{2, 1}", "1, 2")
     GradeResult(predicted='2, 1', correct=True, timed_out=False, rule='boxed')
@@ -262,12 +263,13 @@ def grade(
         return _lost(GradeItem(response_text, gold), True)
     if not found.answer:
         return GradeResult(None, False)
-    predicted, rule = found.answer, found.rule
     if found.group is not None and _has_parts(gold):
-        predicted, rule = found.group, "boxed group"
+        correct, timed_out = _check(found.group, gold, timeout, fast_path)
+        if correct or timed_out:
+            return GradeResult(found.group, correct, timed_out, "boxed group")
     pred_parsed = [found.parsed, found.answer] if found.parsed is not None else None
-    correct, timed_out = _check(predicted, gold, timeout, fast_path, pred_parsed=pred_parsed)
-    return GradeResult(predicted, correct, timed_out, rule)
+    correct, timed_out = _check(found.answer, gold, timeout, fast_path, pred_parsed=pred_parsed)
+    return GradeResult(found.answer, correct, timed_out, found.rule)
 
 
 def _extract_within(

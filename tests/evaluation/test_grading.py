@@ -294,9 +294,12 @@ def test_grade():
         (r"so \boxed{-2} and \boxed{1}.", "1,-2", "-2, 1", "boxed group", True),
         (r"$\boxed{1}\boxed{2}$", "1,2", "1, 2", "boxed group", True),
         (r"\boxed{1} papers and \boxed{2} bins", "{1,2}", "1, 2", "boxed group", True),
+        # a multi-part gold the last box states whole: that box
+        (r"first \boxed{3} and \boxed{1, 2}", "1, 2", "1, 2", "boxed", True),
         # a single gold answer: the last box only, so hedging over boxes does not pay
         (r"\boxed{1} or \boxed{2}", "1", "2", "boxed", False),
         (r"\boxed{1} no no no no no \boxed{2}", "1,2", "2", "boxed", False),  # no connective
+        (r"\boxed{1} and \boxed{3}", "1,2", "3", "boxed", False),
         (r"\boxed{1}.\n\nLater: \boxed{2}", "1,2", "2", "boxed", False),  # a new paragraph
     ],
 )
