@@ -7,9 +7,10 @@ Plain functions of plain values, so every engine shares them:
   is", `$...$`, a plain number) is equivalent to the ground truth. Evaluation and RL never
   disagree. `extraction="seed"` (the recipe's `compat: seed`) is the original reward's rule
   instead: the text after the last "boxed" — `\\boxed X` without braces, an unclosed `\\boxed{X`
-  (common after truncation to `Bt − 50`) — else "the answer is X", else the last number. The
-  default stays the shared grader, deliberately: an unclosed box may be a cut answer
-  (`\\boxed{12` of `\\boxed{123}`), and a policy should not learn that any last number pays.
+  (common after truncation to `Bt − 50`) — else all that follows "the answer is", else the last
+  number. The default stays the shared grader, deliberately: the policy is rewarded for exactly
+  what the evaluation counts, and an unclosed box may be a cut answer (`\\boxed{12` of
+  `\\boxed{123}`). Both read a plain last number when nothing else is found.
   Off the main thread (verl and TRL call rewards from worker threads, where no signal time limit
   can be set) the check runs in a grading process killed at its deadline (`Grader.grade_one`).
 * `format_reward` — after removing whitespace around `<`, `>` and `/`, the response contains
