@@ -12,6 +12,8 @@ import json
 import sys
 
 from budgetthinker.errors import UserError
+from budgetthinker.evaluation import comparison as _comparison
+from budgetthinker.patches import serve as _serve
 from budgetthinker.preparation import cts as _cts
 from budgetthinker.rl import cli as _rl_cli
 from budgetthinker.sft import cli as _sft_cli
@@ -282,6 +284,11 @@ COMMANDS = {
         run_eval,
         "run a budget sweep over benchmarks and methods; write results, table and plots",
     ),
+    "report": (
+        _comparison.add_report_args,
+        _comparison.run_report,
+        "compare methods (and models) from finished evaluation runs: report.md and report.html",
+    ),
     "cts": (
         _cts.add_cts_args,
         _cts.run_cts,
@@ -307,6 +314,11 @@ COMMANDS = {
         _rl_cli.run_rl,
         "GRPO with the budget reward and curriculum, control tokens forced in rollouts (TRL)",
     ),
+    "serve": (
+        _serve.add_serve_args,
+        _serve.run_serve,
+        "vLLM's OpenAI-compatible server on a prepared model, budgets via vllm_xargs",
+    ),
 }
 
 
@@ -319,7 +331,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # OS errors that are the user's environment, not a bug: reported as one line, like a UserError.
-WRITE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+WRITE_ERRNOS = {
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EISDIR,
+    errno.ENOTDIR,
+    errno.ENAMETOOLONG,
+}
 INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
 
 

@@ -66,12 +66,15 @@ def _make(tokenizer, start: str | None, end: str, source: str) -> Delimiters:
 
 def encode_exactly(tokenizer, text: str, what: str) -> list[int]:
     """Token ids of `text` that decode back to it; a `UserError` naming the fix otherwise."""
-    ids = tokenizer.encode(text, add_special_tokens=False)
-    if not ids or tokenizer.decode(ids, skip_special_tokens=False) != text:
+    try:
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        back = tokenizer.decode(ids, skip_special_tokens=False)
+    except (TypeError, ValueError) as e:  # e.g. lone surrogates
+        ids, back = [], f"<error: {e}>"
+    if not ids or back != text:
         raise UserError(
             f"the {what} {text!r} cannot be encoded by this model's tokenizer (it decodes back "
-            f"as {tokenizer.decode(ids, skip_special_tokens=False)!r}); set text that the "
-            "tokenizer can represent"
+            f"as {back!r}); set text that the tokenizer can represent"
         )
     return ids
 

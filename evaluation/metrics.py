@@ -2,7 +2,8 @@
 
 A sample record (one line of `samples.jsonl`) carries at least: `correct`, `sample`,
 `thinking_tokens`, `output_tokens`, `finished_thinking`, `think_end_count`, `budget`,
-`gen_seconds`.
+`gen_seconds`. `finished_thinking` is None for a model without known thinking delimiters: the
+adherence figures that need it are then None ("no delimiters"), never a silent 0.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ class PointMetrics:
     median_thinking: float
     mean_total: float
     median_total: float
-    within_budget: float  # share whose thinking ended by itself within B
+    within_budget: float | None  # share whose thinking ended by itself within B
     mean_rel_deviation: float  # mean |thinking − B| / B
     overshoot: int  # outputs with more than one </think>
+    never_finished: float | None  # share whose thinking never ended by itself
+    accuracy_within_budget: float  # first samples correct with thinking that fit in B
     wall_seconds: float
     tokens_per_second: float
 
@@ -40,6 +43,7 @@ def point_metrics(records: Sequence[dict]) -> PointMetrics:
     thinking = [r["thinking_tokens"] for r in records]
     total = [r["output_tokens"] for r in records]
     seconds = sum(r.get("gen_seconds", 0.0) for r in records)
+    known = all(r["finished_thinking"] is not None for r in records)
     return PointMetrics(
         problems=len(first),
         samples=len(records),
@@ -51,9 +55,13 @@ def point_metrics(records: Sequence[dict]) -> PointMetrics:
         median_total=float(statistics.median(total)),
         within_budget=_mean(
             r["finished_thinking"] and r["thinking_tokens"] <= budget for r in records
-        ),
+        ) if known else None,
         mean_rel_deviation=statistics.fmean(abs(t - budget) / budget for t in thinking),
         overshoot=sum(r["think_end_count"] > 1 for r in records),
+        never_finished=_mean(not r["finished_thinking"] for r in records) if known else None,
+        accuracy_within_budget=_mean(
+            r["correct"] and r["thinking_tokens"] <= budget for r in first
+        ),
         wall_seconds=seconds,
         tokens_per_second=sum(total) / seconds if seconds > 0 else 0.0,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict
@@ -29,11 +30,18 @@ TABLE_COLUMNS = (
     ("median_thinking", "think med"),
     ("mean_total", "total μ"),
     ("within_budget", "within B"),
-    ("mean_rel_deviation", "|t−B|/B"),
+    ("mean_rel_deviation", "∣t−B∣/B"),
     ("overshoot", "overshoot"),
+    ("never_finished", "never ended"),
+    ("accuracy_within_budget", "acc(t≤B)"),
     ("tokens_per_second", "tok/s"),
     ("wall_seconds", "wall s"),
 )
+
+
+def safe_name(name: str) -> str:
+    """A benchmark or model name as a file name (a Hugging Face id `org/name` → `org_name`)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "benchmark"
 
 
 def summarize(records: Sequence[dict]) -> list[tuple[dict, PointMetrics]]:
@@ -83,8 +91,14 @@ def write_report(out_dir: Path, records: Sequence[dict]) -> str:
     _atomic_write(out_dir / "summary.md", table)
     _atomic_write(out_dir / "summary.csv", _csv(rows))
     _plots(out_dir / "plots", rows, several_backends, several_models)
+    from budgetthinker.evaluation.comparison import write_comparison
+
+    write_comparison(out_dir, records)
     print(table)
-    print(f"[eval] results in {out_dir}: samples.jsonl, summary.md, summary.csv, plots/")
+    print(
+        f"[eval] results in {out_dir}: samples.jsonl, summary.md, summary.csv, plots/, "
+        "report.md, report.html"
+    )
     return table
 
 
@@ -104,6 +118,8 @@ def _sweeps(rows):
 
 
 def _fmt(value) -> str:
+    if value is None:
+        return "—"  # unknown: the model has no thinking delimiters
     if isinstance(value, float):
         if value <= 1.0 and value >= 0.0 and not value.is_integer():
             return f"{value:.3f}"
@@ -145,7 +161,8 @@ def _plots(folder: Path, rows, several_backends: bool, several_models: bool) -> 
             budgets_all = sorted({b for pts in lines.values() for b, _ in pts})
             for label, pts in sorted(lines.items()):
                 pts.sort(key=lambda x: x[0])
-                ax.plot([b for b, _ in pts], [getattr(m, attr) for _, m in pts], "o-", label=label)
+                values = [_nan(getattr(m, attr)) for _, m in pts]
+                ax.plot([b for b, _ in pts], values, "o-", label=label)
             if attr == "mean_thinking":
                 ax.plot(budgets_all, budgets_all, "k--", lw=1, label="y = x (budget)")
             if len(budgets_all) > 1 and budgets_all[-1] / budgets_all[0] >= 8:
@@ -156,10 +173,15 @@ def _plots(folder: Path, rows, several_backends: bool, several_models: bool) -> 
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
             fig.tight_layout()
-            tmp = folder / f".{benchmark}_{stem}.png.tmp"
+            name = f"{safe_name(benchmark)}_{stem}.png"
+            tmp = folder / f".{name}.tmp"
             fig.savefig(tmp, format="png", dpi=110)
             plt.close(fig)
-            os.replace(tmp, folder / f"{benchmark}_{stem}.png")
+            os.replace(tmp, folder / name)
+
+
+def _nan(value) -> float:
+    return float("nan") if value is None else value
 
 
 def _atomic_write(path: Path, text: str) -> None:

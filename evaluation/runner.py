@@ -87,6 +87,7 @@ def check_setup(cfg: EvalConfig, spec: ControlSpec | None, model_dir: str) -> li
             check_fits(model_dir, total, f"budget {budget}: {total} new tokens", fix)
     if cfg.backend == "vllm":
         require_vllm()
+        cfg.engine.check_devices()  # before anything is written
     return methods
 
 
@@ -211,32 +212,12 @@ class ChunkRun:
         keys = [json.dumps([self.cfg.model, self.cfg.backend, self.cfg.two_stage, *r.key])
                 for r in chunk]  # fmt: skip
         episodes = [r.method.episode(self.context(r)) for r in chunk]
-        outcomes: list[Outcome | None] = [None] * len(chunk)
-        waiting: dict[int, object] = {}
-        for i, episode in enumerate(episodes):
-            step = _advance(episode, None)
-            for done in self.journal.replay(keys[i]):  # rounds finished before a kill
-                if isinstance(step, Outcome):
-                    break
-                step = _advance(episode, done)
-            if isinstance(step, Outcome):
-                outcomes[i] = step
-            else:
-                waiting[i] = step
-        kwargs = {"temperature": self.cfg.sampling.temperature, "top_p": self.cfg.sampling.top_p,
-                  "batch_size": self.cfg.batch_size}  # fmt: skip
-        while waiting:
-            order = list(waiting)
-            results = self.backend.run([waiting[i] for i in order], **kwargs)
-            self.journal.write([(keys[i], r) for i, r in zip(order, results, strict=True)])
-            for i, result in zip(order, results, strict=True):
-                step = _advance(episodes[i], result)
-                if isinstance(step, Outcome):
-                    outcomes[i] = step
-                    del waiting[i]
-                else:
-                    waiting[i] = step
-        return outcomes  # type: ignore[return-value]
+        sampling = self.cfg.sampling
+        return run_episodes(
+            episodes, self.backend, keys=keys, journal=self.journal,
+            temperature=sampling.temperature, top_p=sampling.top_p,
+            batch_size=self.cfg.batch_size,
+        )  # fmt: skip
 
     def records(self, chunk: list[Request], grader) -> list[dict]:
         start = time.perf_counter()
@@ -286,6 +267,44 @@ class ChunkRun:
             "gen_seconds": seconds,
             "text": text,
         }  # fmt: skip
+
+
+def run_episodes(
+    episodes: list,
+    backend,
+    *,
+    keys: list[str] | None = None,
+    journal: Journal | None = None,
+    **sampling,
+) -> list[Outcome]:
+    """Drive method episodes in lockstep: each round is one `backend.run` over every episode
+    still running. With a journal, rounds recorded under an episode's key are replayed first and
+    new rounds recorded as they finish."""
+    outcomes: list[Outcome | None] = [None] * len(episodes)
+    waiting: dict[int, object] = {}
+    for i, episode in enumerate(episodes):
+        step = _advance(episode, None)
+        for done in journal.replay(keys[i]) if journal is not None else ():
+            if isinstance(step, Outcome):
+                break
+            step = _advance(episode, done)
+        if isinstance(step, Outcome):
+            outcomes[i] = step
+        else:
+            waiting[i] = step
+    while waiting:
+        order = list(waiting)
+        results = backend.run([waiting[i] for i in order], **sampling)
+        if journal is not None:
+            journal.write([(keys[i], r) for i, r in zip(order, results, strict=True)])
+        for i, result in zip(order, results, strict=True):
+            step = _advance(episodes[i], result)
+            if isinstance(step, Outcome):
+                outcomes[i] = step
+                del waiting[i]
+            else:
+                waiting[i] = step
+    return outcomes  # type: ignore[return-value]
 
 
 def _advance(episode, result):
@@ -348,6 +367,13 @@ def _make_backend(cfg: EvalConfig, model_dir: str, pending: list[Request], spec)
 
     if cfg.backend == "hf":
         return HFBackend(model_dir, seed=cfg.sampling.seed)
+    if cfg.backend == "openai":
+        from budgetthinker.patches.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(
+            cfg.endpoint, model_dir=model_dir, api_key_env=cfg.api_key_env,
+            concurrency=cfg.concurrency, seed=cfg.sampling.seed,
+        )  # fmt: skip
     longest = max(
         len(r.prompt_ids)
         + r.method.max_total_tokens(r.budget, cfg.max_new_tokens, spec, cfg.two_stage)
@@ -355,8 +381,9 @@ def _make_backend(cfg: EvalConfig, model_dir: str, pending: list[Request], spec)
     )
     print("[eval] starting the vLLM engine…", file=sys.stderr)
     return VLLMBackend(
-        model_dir, seed=cfg.sampling.seed, max_model_len=cfg.max_model_len or longest
-    )
+        model_dir, seed=cfg.sampling.seed, max_model_len=cfg.max_model_len or longest,
+        **cfg.engine.vllm_kwargs(),
+    )  # fmt: skip
 
 
 def _eos_ids(cfg: EvalConfig, tokenizer) -> set[int]:
@@ -390,7 +417,15 @@ def _check_fingerprint(out_dir: Path, cfg: EvalConfig) -> None:
     path = out_dir / "fingerprint.json"
     current = _fingerprint(cfg)
     if path.exists():
-        previous = json.loads(path.read_text())
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError:
+            previous = None
+        if not isinstance(previous, dict):
+            raise UserError(
+                f"{path} is damaged (not a JSON object); it records the settings of the results "
+                "next to it: restore it, or use a new experiment=<name>"
+            )
         if previous != current:
             changed = sorted(k for k in current if current[k] != previous.get(k))
             raise UserError(

@@ -110,6 +110,7 @@ def get_scale_func(name: str, scale_token: Sequence[int], **params: Any) -> Scal
             f"unknown scaling function {name!r}; choose from {', '.join(SCALERS)} or give a "
             "dotted path (package.module:function)"
         )
+    _check_params(name, func, params)
     token = list(scale_token)
 
     def scaler(*, iteration: int, seq, entropies) -> tuple[bool, list[int]]:
@@ -120,3 +121,21 @@ def get_scale_func(name: str, scale_token: Sequence[int], **params: Any) -> Scal
 
     scaler.needs_entropies = getattr(func, "needs_entropies", False) or name in NEEDS_ENTROPIES
     return scaler
+
+
+def _check_params(name: str, func, params: dict) -> None:
+    """Unknown scaler parameters fail when the recipe is read, listing the known ones."""
+    import inspect
+
+    target = inspect.unwrap(func)
+    signature = inspect.signature(target)
+    if any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values()):
+        return
+    own = [p for p in signature.parameters if p not in ("iteration", "seq", "entropies",
+                                                         "scale_token")]  # fmt: skip
+    for key in params:
+        if key not in own:
+            raise UserError(
+                f"scaling function {name!r} has no parameter {key!r}; its parameters: "
+                f"{', '.join(own) or 'none'}"
+            )

@@ -55,3 +55,19 @@ def test_sweep_metrics_by_hand():
     assert s.scaling == pytest.approx(sum(slopes) / 3)
     assert s.performance == pytest.approx(0.5)
     assert sweep_metrics(points[:1]).scaling is None
+
+
+def test_adherence_by_hand_and_without_delimiters():
+    records = [
+        r(0, True, 80, 100, True),
+        r(0, True, 150, 160, False, ends=0),  # correct, but its thinking did not fit in B
+        r(0, False, 90, 95, True),
+        r(0, True, 100, 120, False, ends=0),  # forced end exactly at B: fits
+    ]
+    m = point_metrics(records)
+    assert m.never_finished == pytest.approx(2 / 4)
+    assert m.accuracy_within_budget == pytest.approx(2 / 4)
+    assert m.within_budget == pytest.approx(2 / 4)
+    unknown = point_metrics([{**x, "finished_thinking": None} for x in records])
+    assert unknown.within_budget is None and unknown.never_finished is None
+    assert unknown.accuracy_within_budget == pytest.approx(2 / 4)
