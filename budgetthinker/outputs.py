@@ -123,7 +123,10 @@ def check_writable(folder: str | os.PathLike) -> None:
         probe = probe.parent
     if not probe.is_dir():
         return  # a file in the way: the write itself reports it
-    fd, name = tempfile.mkstemp(dir=probe, prefix=f".write-probe{_TMP_MARK}{os.getpid()}-")
+    try:
+        fd, name = tempfile.mkstemp(dir=probe, prefix=f".write-probe{_TMP_MARK}{os.getpid()}-")
+    except OSError as e:  # name the folder, not the probe file
+        raise OSError(e.errno, e.strerror, str(probe)) from None
     os.close(fd)
     os.unlink(name)
 
@@ -165,7 +168,10 @@ def atomic_write(
             shutil.copymode(path, tmp)
         else:
             os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:  # name the user's path, not the temp file
+            raise OSError(e.errno, e.strerror, str(path)) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()

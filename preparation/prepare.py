@@ -55,6 +55,8 @@ def prepare_model(
             "existing rows) or resized (the original: rows left as resize_token_embeddings leaves "
             "them)"
         )
+    if not noise >= 0:
+        raise UserError(f"--noise must be >= 0 (0 = rows exactly at the mean), got {noise}")
     out = Path(out).expanduser()
     say = (lambda *_: None) if quiet else print
     if has_spec(out):

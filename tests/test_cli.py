@@ -211,3 +211,12 @@ def test_ctrl_c_is_one_line_and_exit_130(capsys, monkeypatch):
     code, out, err = run_cli(capsys, "grade", "1", "1")
     assert code == 130 and out == ""
     assert err.strip() == "budgetthinker grade: interrupted; rerun the same command to resume"
+
+
+def test_negative_noise_is_refused(capsys, tmp_path):
+    out = tmp_path / "m"
+    code, _, err = run_cli(
+        capsys, "prepare", "--base", "default", "--noise", "-1", "--out", str(out)
+    )
+    assert_one_line_error(code, err, "--noise must be >= 0")
+    assert not out.exists()

@@ -129,6 +129,15 @@ def test_corrupt_results_line_stops_the_run_and_keeps_the_file(finished_run, tmp
     assert snapshot(runs) == before
 
 
+def test_damaged_fingerprint_stops_the_run(finished_run, tmp_path):
+    runs = tmp_path / "runs"
+    shutil.copytree(finished_run, runs)
+    (runs / "done" / "fingerprint.json").write_text("{")
+    before = snapshot(runs)
+    one_line(cli(*eval_args(runs, "done")), "fingerprint.json is damaged", "experiment=<name>")
+    assert snapshot(runs) == before
+
+
 def test_rerun_after_a_torn_last_line_completes_it(finished_run, tmp_path):
     runs = tmp_path / "runs"
     shutil.copytree(finished_run, runs)
@@ -173,6 +182,15 @@ def test_failed_sft_data_keeps_the_good_dataset(good_dataset, tmp_path):
     )  # fmt: skip
     one_line(proc, "no trace was kept", "too_long", "--max-thinking", "nothing was written")
     assert snapshot(out) == before
+
+
+def test_sft_data_name_must_be_a_plain_file_name(tmp_path):
+    (tmp_path / "x.jsonl").write_text("mine\n")  # what `--name ../x` would overwrite
+    before = snapshot(tmp_path)
+    proc = cli("sft-data", "--model", "default", "--traces", "synthetic", "--out",
+               str(tmp_path / "d"), "--name", "../x")  # fmt: skip
+    one_line(proc, "--name must be a plain folder name")
+    assert snapshot(tmp_path) == before
 
 
 def test_sft_data_keeping_no_row_writes_nothing(tmp_path):

@@ -110,3 +110,12 @@ def test_lock_says_who_holds_it_and_is_released(tmp_path):
     with FolderLock(tmp_path, "experiment x"):
         assert (tmp_path / ".lock").exists()
     assert not (tmp_path / ".lock").exists()
+
+
+def test_errors_name_the_users_path_not_a_temp_file(tmp_path):
+    folder = tmp_path / "a-folder"
+    folder.mkdir()
+    with pytest.raises(IsADirectoryError) as e:
+        atomic_text(folder, "x")
+    assert e.value.filename == str(folder)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-folder"]
