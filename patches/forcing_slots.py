@@ -111,9 +111,12 @@ class ForcingSlots:
         if not self._staged:
             return
         staged, self._staged = self._staged, []
-        slots = torch.tensor([a.slot for a in staged], dtype=torch.int64)
-        rows = torch.tensor([a.row for a in staged], dtype=torch.int64)
-        self.state.index_copy_(0, slots.to(self.device), rows.to(self.device))
+        pinned = self.device.type == "cuda"  # pinned + non_blocking: a copy that never waits
+        slots = torch.tensor([a.slot for a in staged], dtype=torch.int64, pin_memory=pinned)
+        rows = torch.tensor([a.row for a in staged], dtype=torch.int64, pin_memory=pinned)
+        self.state.index_copy_(
+            0, slots.to(self.device, non_blocking=True), rows.to(self.device, non_blocking=True)
+        )
         for a in staged:
             if a.done > 0:
                 if all_token_ids is None:
@@ -122,7 +125,8 @@ class ForcingSlots:
                 self.catch_up(a.slot, all_token_ids[a.slot, start : start + a.done])
 
     def catch_up(self, slot: int, output: torch.Tensor) -> None:
-        """Set `slot`'s counters to those of a `Forcer` fed `output` (already on the device)."""
+        """Set `slot`'s counters to those of a `Forcer` fed `output` (already on the device);
+        the slot must hold an active plan. Device ops only, no readback."""
         row = self.state[slot]
         self.state[slot] = _closed_form(
             row, output.to(torch.int64), self.level_table, self.think_end_id
@@ -237,12 +241,13 @@ def _closed_form(
     """
     row = row.clone()
     length = output.numel()
-    if length == 0 or row[ACTIVE] == 0:
+    if length == 0:
         return row
     idx = torch.arange(length, device=output.device)
     lvl = level_table[output.clamp(max=level_table.numel() - 1)]
     last_control = torch.where(lvl > 0, idx, -1).max()
-    last_level = lvl[last_control.clamp(min=0)]
+    # gather, not lvl[tensor]: indexing with a 0-d tensor would read it back to the host
+    last_level = lvl.gather(0, last_control.clamp(min=0).view(1))[0]
     has_control = last_control >= 0
     row[LEVEL] = torch.where(has_control, last_level - 1, row[LEVEL])
     row[SINCE] = torch.where(has_control, length - 1 - last_control, length)

@@ -106,7 +106,8 @@ class BudgetForcingProcessorV2(LogitsProcessor):
         for req_idx, params in self._fallback.items():
             prompt_len = int(self.req_states.prompt_len.np[req_idx])
             start = max(0, prompt_len - FALLBACK_WINDOW)
-            prompt = all_token_ids[req_idx, start:prompt_len].tolist()  # once per request
+            # once per request; none for the runner's warm-up requests (no prompt)
+            prompt = all_token_ids[req_idx, start:prompt_len].tolist() if prompt_len else []
             plan = plan_for(
                 self.spec,
                 params.extra_args,

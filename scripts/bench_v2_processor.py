@@ -145,8 +145,11 @@ def bench_v2(spec, plan, device, args, history, proposals) -> dict:
     matches, agree, forced_total, sync_free = True, True, 0, {}
     for i in range(args.steps):
         if device.type == "cuda" and i == 5:
-            sync_free = {name: no_sync(machines[name], logits[name], slots, total_len, all_ids,
-                                       kernel) for name, kernel in paths.items()}  # fmt: skip
+            sync_free = {
+                name: no_sync(machines[name], logits[name], slots, total_len, all_ids, kernel,
+                              (plan, prompt_len, int(total_len[0]) - prompt_len))
+                for name, kernel in paths.items()
+            }  # fmt: skip
         results = {}
         for name, kernel in paths.items():
             forced = clocks[name].time(
@@ -174,15 +177,19 @@ def bench_v2(spec, plan, device, args, history, proposals) -> dict:
     return out
 
 
-def no_sync(machine, logits, slots, total_len, all_ids, kernel: bool) -> bool | str:
-    """One extra step under `set_sync_debug_mode("error")` (raises on a device→host sync);
-    the machine's state is restored afterwards."""
+def no_sync(machine, logits, slots, total_len, all_ids, kernel: bool, resume) -> bool | str:
+    """Under `set_sync_debug_mode("error")` (raises on a device→host sync): one admission of a
+    resumed request (staged write + replay of its output) and one step. The machine's state is
+    restored afterwards."""
     from budgetthinker.patches.forcing_slots import step_and_force
 
+    plan, prompt_len, done = resume
     state = machine.state.clone()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
+        machine.admit(0, plan, prompt_len, done)
+        machine.flush(all_ids)
         step_and_force(machine, logits.clone(), slots, total_len, all_ids, use_kernel=kernel)
         return True
     except RuntimeError as e:
