@@ -298,6 +298,25 @@ def test_unwritable_output_folder(tmp_path, command):
     assert not target.exists()
 
 
+def test_killed_prepare_leaves_nothing_after_the_next_run(tmp_path):
+    """SIGKILL while the model is being staged: the hidden staging folder it leaves is removed
+    by the next run, which publishes the model."""
+    out = tmp_path / "m"
+    proc = start("prepare", "--base", "default", "--out", str(out))
+    try:
+        wait_for(lambda: any(p.name.startswith(".prepare-") for p in tmp_path.iterdir()), proc)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not out.exists()  # nothing half-written was published
+    proc = cli("prepare", "--base", "default", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["m"]
+    assert (out / "budgetthinker_spec.json").is_file()
+
+
 def test_base_config_not_json(tmp_path):
     base = tmp_path / "base"
     base.mkdir()
