@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 
 from budgetthinker.evaluation.datasets import DataConfig
+from budgetthinker.evaluation.engine_config import EngineConfig
 from budgetthinker.limits import check_sampling
 from budgetthinker.outputs import plain_name
 
@@ -53,7 +54,7 @@ class EvalConfig:
 
     experiment: str = "default"
     model: str = "default"  # prepared model folder, any model folder, or 'default' (embedded)
-    backend: str = "hf"  # hf | vllm
+    backend: str = "hf"  # hf | vllm | openai (any OpenAI-compatible server, at `endpoint`)
     # a name, or {name: s1, <parameter>: …, label: …}; dotted paths load custom methods
     methods: list[str | dict] = field(default_factory=lambda: ["control"])
     two_stage: bool = False
@@ -71,10 +72,20 @@ class EvalConfig:
     chunk_size: int = 64  # requests generated, graded and saved together
     max_model_len: int | None = None  # vLLM context length (default: fits the largest request)
     output_dir: str = "runs"
+    engine: EngineConfig = field(default_factory=EngineConfig)  # vLLM engine options
+    endpoint: str | None = None  # backend=openai: http://HOST:PORT of the server
+    api_key_env: str | None = None  # backend=openai: variable holding the API key, if any
+    concurrency: int = 8  # backend=openai: requests in flight
 
     def __post_init__(self) -> None:
-        if self.backend not in ("hf", "vllm"):
-            raise ValueError(f"backend must be 'hf' or 'vllm', got {self.backend!r}")
+        if self.backend not in ("hf", "vllm", "openai"):
+            raise ValueError(f"backend must be 'hf', 'vllm' or 'openai', got {self.backend!r}")
+        if self.backend == "openai" and not self.endpoint:
+            raise ValueError(
+                "backend=openai needs endpoint=http://HOST:PORT (e.g. of `budgetthinker serve`)"
+            )
+        if self.engine.max_model_len is not None:
+            self.max_model_len = self.engine.max_model_len
         if not self.budgets:
             raise ValueError("budgets must list at least one budget")
         if not self.methods:
@@ -85,7 +96,7 @@ class EvalConfig:
         if "seed" in self.compat:
             self.stop_at_think_end = False
         plain_name(self.experiment, "experiment")  # it becomes <output_dir>/<experiment>/
-        for key in ("chunk_size", "batch_size", "max_new_tokens", "max_model_len"):
+        for key in ("chunk_size", "batch_size", "max_new_tokens", "max_model_len", "concurrency"):
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"{key} must be a positive integer, got {value}")

