@@ -46,6 +46,14 @@ class GradingConfig:
                 f"grading.extraction must be one of {', '.join(EXTRACTIONS)}, "
                 f"got {self.extraction!r}"
             )
+        if not self.timeout > 0:  # 0 or less would mark every answer wrong, silently
+            raise ValueError(
+                f"grading.timeout must be a positive number of seconds, got {self.timeout}"
+            )
+        if self.workers < 0:
+            raise ValueError(
+                f"grading.workers must be >= 0 (0 or 1: in-process), got {self.workers}"
+            )
 
 
 @dataclass

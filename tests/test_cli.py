@@ -190,6 +190,8 @@ def test_generate_values_out_of_range(capsys, prepared_model, extra, needle):
         ("sampling.top_p=5", "sampling.top_p must be in (0, 1]"),
         ("budgets=[64,9000]", "budget 9000: 9180 new tokens = 9180 tokens exceed"),
         ("experiment=..", "experiment must be a plain folder name"),
+        ("grading.timeout=-1", "grading.timeout must be a positive number of seconds"),
+        ("grading.workers=-2", "grading.workers must be >= 0"),
     ],
 )
 def test_eval_values_out_of_range_write_nothing(capsys, tmp_path, override, needle):
