@@ -571,6 +571,8 @@ def compress_file(
                 round(model.tokens / model.seconds, 1) if model.seconds else None
             ),
             "forward_passes": model.forwards,
+            "forward_seconds": round(model.seconds, 2),
+            "forward_cpu_seconds": round(model.cpu_seconds, 2),
             "device": str(scorer.device),
         },
     }

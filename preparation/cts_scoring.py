@@ -59,11 +59,13 @@ def check_model_dir(path: str | Path) -> Path:
 
 @dataclass
 class ScorerStats:
-    """What the model did: forward passes, tokens through the model, seconds in forward."""
+    """What the model did: forward passes, tokens through the model, wall and process-CPU
+    seconds in forward (CPU seconds say what a shared CPU machine's wall clock hides)."""
 
     forwards: int = 0
     tokens: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
 
 class TokenScorer:
@@ -131,7 +133,7 @@ class TokenScorer:
 
     @torch.inference_mode()
     def _run(self, pairs, batch: list[int], results: list) -> None:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         seqs = [pairs[k][0] + pairs[k][1] for k in batch]
         width = max(len(s) for s in seqs)
         pad = self.tokenizer.pad_token_id or 0
@@ -161,3 +163,4 @@ class TokenScorer:
         self.stats.forwards += 1
         self.stats.tokens += int(mask.sum())
         self.stats.seconds += time.perf_counter() - start
+        self.stats.cpu_seconds += time.process_time() - cpu_start

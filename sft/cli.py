@@ -74,6 +74,20 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         "included when the chat template leaves it to the model, as forcing does (default); "
         "'thinking' counts from the first thinking token, as the original did",
     )
+    parser.add_argument(
+        "--control",
+        choices=("tokens", "none"),
+        default="tokens",
+        help="tokens: control tokens and budget tip (default); none: plain <think>…</think> "
+        "+ answer, no tip (the CTS format; the model needs no control-token spec)",
+    )
+    parser.add_argument(
+        "--tip",
+        default=None,
+        help="budget tip in the prompt: control (default with tokens), none (default with "
+        "--control none), or a plain tip such as withoutremaining (budget by --budget-rule, "
+        "no control tokens: the ablation of the CPU evidence experiment)",
+    )
 
 
 def run_data(args: argparse.Namespace) -> int:
@@ -99,6 +113,8 @@ def run_data(args: argparse.Namespace) -> int:
         args.format,
         args.batch_size,
         args.placement,
+        args.control,
+        args.tip,
     )
     print(stats.summary())
     print(f"wrote {Path(args.out) / args.name}.jsonl (+ dataset_info.json, {args.name}.stats.json)")

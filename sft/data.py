@@ -40,7 +40,7 @@ from budgetthinker.outputs import (
     plain_name,
     removed_on_failure,
 )
-from budgetthinker.prompts import user_content
+from budgetthinker.prompts import TIP_NAMES, user_content
 
 V2_BINS = (100, 250, 500, 750, 1000, 1250, 1500, *range(2000, 10001, 500))
 BUDGET_RULES = ("v1", "v2")
@@ -48,6 +48,9 @@ FORMATS = ("alpaca", "sharegpt")
 PLACEMENTS = ("generated", "thinking")
 """`generated`: control tokens counted over the tokens the model generates, as forcing does;
 `thinking`: counted from the first thinking token (the original's placement)."""
+CONTROLS = ("tokens", "none")
+"""`tokens`: control tokens and the budget tip (our pipeline); `none`: plain
+`<think>…</think>` + answer and no tip (the CTS training format, its reference note B.3)."""
 ANSWER_PREFIX = f"{THINK_START}\n"
 DEFAULT_NAME = "8ratio_SFT_below10000"
 
@@ -247,7 +250,11 @@ class TraceBuilder:
         max_thinking: int = 10000,
         fmt: str = "alpaca",
         placement: str = "generated",
+        control: str = "tokens",
+        tip: str | None = None,
     ):
+        if control not in CONTROLS:
+            raise UserError(f"unknown control {control!r}; use tokens or none (plain thinking)")
         if placement not in PLACEMENTS:
             raise UserError(
                 f"unknown placement {placement!r}; use generated (as forcing counts) or "
@@ -261,7 +268,15 @@ class TraceBuilder:
             raise UserError(f"--max-thinking must be positive, got {max_thinking}")
         if not getattr(tokenizer, "is_fast", False):
             raise UserError("the SFT data builder needs a fast tokenizer (offset mapping)")
-        self.tokenizer, self.spec, self.mode = tokenizer, spec, spec.parsed_mode
+        self.tokenizer, self.spec, self.control = tokenizer, spec, control
+        self.mode = spec.parsed_mode if control == "tokens" else None
+        # the prompt's budget tip: the control tip with tokens, none without, unless given
+        self.tip = tip or ("control" if control == "tokens" else "none")
+        if self.tip not in TIP_NAMES:
+            raise UserError(f"unknown tip {self.tip!r}; choose one of {', '.join(TIP_NAMES)}")
+        if self.tip == "control" and self.mode is None:
+            raise UserError("--tip control lists the control tokens; with --control none use a "
+                            "plain budget tip such as --tip withoutremaining")  # fmt: skip
         self.budget_rule, self.max_thinking, self.fmt = budget_rule, max_thinking, fmt
         self.placement = placement
         # Tokens the model generates before the thinking; forcing counts them, so we do too.
@@ -288,9 +303,20 @@ class TraceBuilder:
             if length > self.max_thinking:
                 self.stats.dropped["too_long"] += 1
                 continue
+            if self.mode is None and self.tip == "none":  # plain thinking, no budget
+                rows.append(self._row(trace, None, trace.thinking))
+                self.stats.kept += 1
+                self.stats.thinking_tokens += length
+                continue
             budget = budget_for(length, self.budget_rule)
             if budget is None or not self._budget_ok(budget):
                 self.stats.dropped["no_budget"] += 1
+                continue
+            if self.mode is None:  # --control none with a budget tip: the thinking unchanged
+                rows.append(self._row(trace, budget, trace.thinking))
+                self.stats.kept += 1
+                self.stats.budgets[budget] += 1
+                self.stats.thinking_tokens += length
                 continue
             points = insertion_points(self.mode, budget, length, self.generated_before)
             thinking = insert_tokens(trace.thinking, [end for _, end in offsets], points, self.mode)
@@ -301,14 +327,19 @@ class TraceBuilder:
         return rows
 
     def _budget_ok(self, budget: int) -> bool:
+        if self.mode is None:
+            return True
         try:
             self.mode.check_budget(budget)
         except UserError:
             return False
         return True
 
-    def _row(self, trace: Trace, budget: int, thinking: str) -> dict:
-        prompt = user_content(trace.question, budget, "control", self.mode)
+    def _row(self, trace: Trace, budget: int | None, thinking: str) -> dict:
+        if budget is None:
+            prompt = user_content(trace.question, 0, "none")
+        else:
+            prompt = user_content(trace.question, budget, self.tip, self.mode)
         answer = (
             f"{ANSWER_PREFIX}{thinking}\n{THINK_END}\n**Final Answer**\\boxed{{{trace.answer}}}"
         )
@@ -321,7 +352,8 @@ class TraceBuilder:
             }
         else:
             row = {"instruction": prompt, "input": "", "output": answer}
-        row["budget"] = budget
+        if budget is not None:
+            row["budget"] = budget
         if trace.id:
             row["id"] = trace.id
         return row
@@ -453,6 +485,8 @@ def build_dataset(
     fmt: str = "alpaca",
     batch_size: int = 512,
     placement: str = "generated",
+    control: str = "tokens",
+    tip: str | None = None,
 ) -> Stats:
     """The whole job: rows from `traces` → `out_dir/<name>.jsonl`, `dataset_info.json` and
     `<name>.stats.json`. Returns the stats."""
@@ -460,10 +494,13 @@ def build_dataset(
 
     from budgetthinker.control_spec import load_spec
 
+    # --control none needs only the tokenizer (lengths), so any model folder will do
     check_writable(out_dir)  # before the tokenizer loads, not after the rows are built
-    spec = load_spec(model_dir)
+    spec = load_spec(model_dir) if control == "tokens" else None
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    builder = TraceBuilder(tokenizer, spec, budget_rule, max_thinking, fmt, placement)
+    builder = TraceBuilder(
+        tokenizer, spec, budget_rule, max_thinking, fmt, placement, control, tip
+    )
     stats = builder.stats
 
     def finish(n: int) -> dict[str, object]:
@@ -476,7 +513,9 @@ def build_dataset(
         report = {
             "name": name,
             "model": str(model_dir),
-            "mode": spec.mode,
+            "mode": spec.mode if spec is not None else None,
+            "control": control,
+            "tip": builder.tip,
             "budget_rule": budget_rule,
             "max_thinking": max_thinking,
             "format": fmt,
