@@ -15,6 +15,7 @@ from budgetthinker.config import load_config, recipes_root, shipped_recipes
 from budgetthinker.config import resolve_recipe as resolve_shipped
 from budgetthinker.errors import UserError
 from budgetthinker.outputs import plain_name
+from budgetthinker.rl.budget_rollout import check_two_stage_request
 from budgetthinker.rl.curriculum import CurriculumConfig
 from budgetthinker.rl.data import RLDataConfig
 
@@ -36,6 +37,16 @@ class RolloutConfig:
         mask_forced_tokens (`bool`, *optional*, defaults to `True`): leave forced control tokens
             out of the policy loss; `false` is the original behaviour (they are trained on).
         tip (`str`, *optional*, defaults to `"control"`): the budget tip of the prompt.
+        force (`bool`, *optional*, defaults to `True`): force control tokens in rollouts
+            (`false`: the budget is in the prompt only, the original's `remaining=default`).
+        stop_at_think_end (`bool`, *optional*, defaults to `True`): no control tokens after
+            `</think>` (`false`: the original).
+        validation_two_stage (`bool`, *optional*, defaults to `True`): validation answers with
+            two-stage (the release's `stage=2`), as on verl.
+        two_stage_answer_tokens (`int`, *optional*, defaults to `40`): answer after the suffix.
+        two_stage_request (`str`, *optional*, defaults to `"same"`): `same` forces the suffix in
+            the same request when thinking is still open; `second` is the original (truncate
+            to Bt − 50, suffix, a second request).
     """
 
     n: int = 5
@@ -45,8 +56,14 @@ class RolloutConfig:
     max_response_length: int = 10000
     mask_forced_tokens: bool = True
     tip: str = "control"
+    force: bool = True
+    stop_at_think_end: bool = True
+    validation_two_stage: bool = True
+    two_stage_answer_tokens: int = 40
+    two_stage_request: str = "same"
 
     def __post_init__(self) -> None:
+        check_two_stage_request(self.two_stage_request, "rollout.two_stage_request")
         if self.n < 2:
             raise ValueError("rollout.n must be at least 2 (GRPO compares responses in a group)")
         if self.temperature <= 0:
@@ -61,7 +78,12 @@ class TrainerConfig:
         epochs (`int`): passes over the training problems.
         rollout_batch_size (`int`): prompts per batch; the whole batch shares one budget.
         global_batch_size (`int`): prompts per optimiser step (divides `rollout_batch_size`).
+        micro_batch_size (`int`, *optional*): sequences per forward/backward pass; the optimiser
+            step accumulates `global_batch_size × rollout.n / micro_batch_size` of them. Unset:
+            the whole global batch in one pass (no accumulation).
         max_steps (`int`, *optional*): stop after this many optimiser steps (smoke runs).
+        report_to (`str`, *optional*, defaults to `"none"`): transformers' loggers, e.g.
+            `tensorboard` or `wandb` (comma-separated for several); logs under the run folder.
     """
 
     epochs: int = 8
@@ -71,9 +93,11 @@ class TrainerConfig:
     weight_decay: float = 1e-2
     kl_coef: float = 1e-2
     max_grad_norm: float = 1.0
+    micro_batch_size: int | None = None
     max_steps: int | None = None
     save_every_epoch: bool = True
     seed: int = 1
+    report_to: str = "none"
 
     def __post_init__(self) -> None:
         if self.rollout_batch_size % self.global_batch_size:
@@ -95,8 +119,24 @@ class RLConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     output_dir: str = "runs"
+    # seed: every rollout improvement back to the original (mask_forced_tokens,
+    # stop_at_think_end, two_stage_request)
+    compat: str | None = None
 
     def __post_init__(self) -> None:
+        if self.compat not in (None, "seed"):
+            raise ValueError(f"compat must be null or seed (the original), got {self.compat!r}")
+        if self.compat == "seed":
+            self.rollout.mask_forced_tokens = False
+            self.rollout.stop_at_think_end = False
+            self.rollout.two_stage_request = "second"
+        sequences = self.trainer.global_batch_size * self.rollout.n
+        micro = self.trainer.micro_batch_size
+        if micro is not None and (micro < 1 or sequences % micro):
+            raise ValueError(
+                f"trainer.micro_batch_size {micro} must divide trainer.global_batch_size × "
+                f"rollout.n = {sequences} sequences"
+            )
         if self.engine not in ENGINES:
             raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
         plain_name(self.experiment, "experiment")  # it becomes <output_dir>/<experiment>/

@@ -10,7 +10,11 @@ TRL's `GRPOTrainer` takes a `rollout_func`; ours generates with transformers and
 * returns `env_mask` 0 on forced control tokens, so they are left out of the policy loss
   (`rollout.mask_forced_tokens=false` trains on them, as the original did) — the truncation and
   the mask come from `budgetthinker.rl.budget_rollout.shape_response`, as on verl;
-* hands `budget` and `response_length` to the reward (`budgetthinker.rl.reward.trl_reward`).
+* hands `budget` and `response_length` to the reward (`budgetthinker.rl.reward.trl_reward`);
+* validates like verl: two-stage answering at the validation budget (`rollout.
+  validation_two_stage`; `rollout.two_stage_request: second` is the original's second request);
+* accumulates gradients: `trainer.micro_batch_size` sequences per pass, the global batch
+  (`global_batch_size × rollout.n` sequences) per optimiser step.
 
 Checkpoints are normal model folders that keep `budgetthinker_spec.json`.
 """
@@ -24,14 +28,25 @@ import time
 from pathlib import Path
 from typing import Any
 
-from budgetthinker.control_spec import SPEC_FILENAME, ControlSpec, load_spec
+from budgetthinker.control_spec import (
+    SPEC_FILENAME,
+    TWO_STAGE_SUFFIXES,
+    ControlSpec,
+    load_spec,
+)
 from budgetthinker.errors import UserError
-from budgetthinker.forcing import make_plan
-from budgetthinker.rl.budget_rollout import shape_response
+from budgetthinker.forcing import make_plan, thinking_cap
+from budgetthinker.rl.budget_rollout import (
+    RL_SUFFIX,
+    answer_request,
+    budget_request,
+    rollout_settings,
+    shape_response,
+)
 from budgetthinker.rl.config import RLConfig
-from budgetthinker.rl.curriculum import Curriculum, generation_cap
+from budgetthinker.rl.curriculum import Curriculum, generation_cap, scored_length
 from budgetthinker.rl.data import load_split, rl_user_content
-from budgetthinker.rl.reward import trl_reward
+from budgetthinker.rl.reward import make_trl_reward
 
 logger = logging.getLogger(__name__)
 
@@ -66,63 +81,64 @@ class BudgetRollout:
             return self.curriculum.validation_budget, 0, -1
         state = trainer.state
         epoch = int(state.epoch or 0) + 1
-        batch = state.global_step // max(trainer.args.steps_per_generation, 1)
+        t = self.cfg.trainer
+        # one rollout batch every rollout_batch_size / global_batch_size optimiser steps
+        batch = state.global_step // max(t.rollout_batch_size // t.global_batch_size, 1)
         return self.curriculum.budget(epoch, batch), epoch, batch
 
     def __call__(self, prompts: list[Any], trainer: Any) -> dict[str, list]:
-        import torch
-        from transformers import LogitsProcessorList
-
-        from budgetthinker.generation import cut_at_eos, eos_token_ids
-        from budgetthinker.patches.hf_logits_processor import BudgetForcingLogitsProcessor
-
         model = trainer.accelerator.unwrap_model(trainer.model)
         budget, epoch, batch = self.budget_for(trainer, model.training)
         cfg, tok, spec = self.cfg, self.tokenizer, self.spec
+        ro = cfg.rollout
         mode = spec.parsed_mode
-        texts = [
-            _render(tok, rl_user_content(str(p), budget, mode, cfg.rollout.tip)) for p in prompts
-        ]
+        texts = [_render(tok, rl_user_content(str(p), budget, mode, ro.tip)) for p in prompts]
         prompt_ids = [tok.encode(t, add_special_tokens=False) for t in texts]
         longest = max(len(p) for p in prompt_ids)
-        if longest > cfg.rollout.max_prompt_length:
+        if longest > ro.max_prompt_length:
             raise UserError(
                 f"a prompt has {longest} tokens, more than rollout.max_prompt_length "
-                f"{cfg.rollout.max_prompt_length}; raise it or shorten the problems"
+                f"{ro.max_prompt_length}; raise it or shorten the problems"
             )
-        max_new = generation_cap(budget, cfg.rollout.max_response_length)
-        plan = make_plan(spec, budget)
-        eos_ids = eos_token_ids(model.generation_config, tok)
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos_ids))
-        ids = torch.tensor([[pad_id] * (longest - len(p)) + p for p in prompt_ids])
-        mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompt_ids])
-        processor = BudgetForcingLogitsProcessor([plan] * len(prompts), prompt_len=longest)
-        device = next(model.parameters()).device
+        # validation answers with two-stage, as verl's (the release's stage=2)
+        two_stage = not model.training and ro.validation_two_stage
+        second = two_stage and ro.two_stage_request == "second"
+        opts = {"force": ro.force, "stop_at_think_end": ro.stop_at_think_end}
+        request = budget_request(
+            spec,
+            budget,
+            two_stage=two_stage,
+            response_length=ro.max_response_length,
+            answer_tokens=ro.two_stage_answer_tokens,
+            two_stage_request=ro.two_stage_request,
+            **opts,
+        )
+        settings = rollout_settings(
+            budget, two_stage, ro.force, ro.stop_at_think_end, ro.two_stage_request
+        )
         start = time.perf_counter()
-        with torch.no_grad():
-            out = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                max_new_tokens=max_new,
-                logits_processor=LogitsProcessorList([processor]),
-                do_sample=True,
-                temperature=cfg.rollout.temperature,
-                top_p=cfg.rollout.top_p,
-                top_k=0,
-                pad_token_id=pad_id,
-                use_cache=True,
-            )
+        rows = self._generate(model, prompt_ids, settings.plan(spec), request["max_tokens"])
+        heads: list[list[int] | None] = [None] * len(rows)
+        if second:  # the original: cut to Bt − 50, suffix, a second unforced request
+            heads = [answer_request(spec, budget, r, ro.two_stage_answer_tokens)[0] for r in rows]
+            answers = self._generate(
+                model, [p + h for p, h in zip(prompt_ids, heads, strict=True)], None,
+                ro.two_stage_answer_tokens,
+            )  # fmt: skip
+            rows = [h + a for h, a in zip(heads, answers, strict=True)]
         completions, lengths, env_mask, forced = [], [], [], 0
-        for row in out[:, longest:].tolist():
+        suffix_len = len(spec.suffix_ids.get(RL_SUFFIX, ()))
+        for row, head in zip(rows, heads, strict=True):
             shaped = shape_response(
                 spec,
                 budget,
-                cut_at_eos(row[:max_new], eos_ids),
+                row,
                 None,
-                two_stage=False,
-                force=True,
-                mask_forced_tokens=cfg.rollout.mask_forced_tokens,
-                response_length=cfg.rollout.max_response_length,
+                two_stage=two_stage,
+                mask_forced_tokens=ro.mask_forced_tokens,
+                response_length=ro.max_response_length,
+                forced_part=None if head is None else len(head) - suffix_len,
+                **opts,
             )
             forced += shaped["extra_fields"]["forced_tokens"]
             completions.append(shaped["response_ids"])
@@ -134,6 +150,7 @@ class BudgetRollout:
                 "epoch": epoch,
                 "batch": batch,
                 "training": model.training,
+                "two_stage": two_stage,
                 "generate_s": time.perf_counter() - start,
                 "mean_length": sum(lengths) / len(lengths),
                 "forced_tokens": forced,
@@ -146,9 +163,59 @@ class BudgetRollout:
             "budget": [budget] * len(prompts),
             "response_length": lengths,
         }
-        if cfg.rollout.mask_forced_tokens:
+        if ro.mask_forced_tokens:
             result["env_mask"] = env_mask  # all ones otherwise: TRL then needs none
         return result
+
+    def _generate(
+        self, model: Any, prompt_ids: list[list[int]], plan: Any, max_new: int
+    ) -> list[list[int]]:
+        """Sampled continuations (cut at EOS) of left-padded prompts, forced by `plan` (None:
+        nothing forced)."""
+        import torch
+        from transformers import LogitsProcessorList
+
+        from budgetthinker.generation import cut_at_eos, eos_token_ids
+        from budgetthinker.patches.hf_logits_processor import BudgetForcingLogitsProcessor
+
+        tok, ro = self.tokenizer, self.cfg.rollout
+        eos_ids = eos_token_ids(model.generation_config, tok)
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else next(iter(eos_ids))
+        longest = max(len(p) for p in prompt_ids)
+        ids = torch.tensor([[pad_id] * (longest - len(p)) + p for p in prompt_ids])
+        mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompt_ids])
+        processor = BudgetForcingLogitsProcessor([plan] * len(prompt_ids), prompt_len=longest)
+        device = next(model.parameters()).device
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
+                max_new_tokens=max_new,
+                logits_processor=LogitsProcessorList([processor]),
+                do_sample=True,
+                temperature=ro.temperature,
+                top_p=ro.top_p,
+                top_k=0,
+                pad_token_id=pad_id,
+                use_cache=True,
+            )
+        return [cut_at_eos(row[:max_new], eos_ids) for row in out[:, longest:].tolist()]
+
+
+def completion_cap(cfg: RLConfig) -> int:
+    """Longest completion of the run: the training cap of the largest curriculum budget, or a
+    two-stage validation response (suffix and answer included), whichever is longer."""
+    ro = cfg.rollout
+    caps = [generation_cap(b, ro.max_response_length) for e in cfg.curriculum.budgets for b in e]
+    val = cfg.curriculum.validation_budget
+    caps.append(generation_cap(val, ro.max_response_length))
+    if ro.validation_two_stage:
+        caps.append(
+            max(thinking_cap(val), scored_length(val))
+            + len(TWO_STAGE_SUFFIXES[RL_SUFFIX])  # characters ≥ tokens: a safe bound
+            + ro.two_stage_answer_tokens
+        )
+    return max(caps)
 
 
 def _render(tokenizer: Any, content: str) -> str:
@@ -204,15 +271,16 @@ def train(cfg: RLConfig) -> dict[str, Any]:
     )
     n = cfg.rollout.n
     t = cfg.trainer
+    # Sequences per forward/backward pass; the optimiser step accumulates the global batch.
+    micro = t.micro_batch_size or t.global_batch_size * n
     args = GRPOConfig(
         output_dir=str(out_dir),
         num_generations=n,
         num_generations_eval=n,
-        per_device_train_batch_size=t.global_batch_size * n,
-        steps_per_generation=t.rollout_batch_size // t.global_batch_size,
-        max_completion_length=generation_cap(
-            max(b for e in cfg.curriculum.budgets for b in e), cfg.rollout.max_response_length
-        ),
+        per_device_train_batch_size=micro,
+        gradient_accumulation_steps=t.global_batch_size * n // micro,
+        steps_per_generation=t.rollout_batch_size * n // micro,
+        max_completion_length=completion_cap(cfg),
         temperature=cfg.rollout.temperature,
         top_p=cfg.rollout.top_p,
         learning_rate=t.lr,
@@ -231,7 +299,8 @@ def train(cfg: RLConfig) -> dict[str, Any]:
         save_strategy="epoch" if t.save_every_epoch else "no",
         eval_strategy="epoch" if val_rows else "no",
         per_device_eval_batch_size=n * max(1, min(len(val_rows), t.global_batch_size)),
-        report_to="none",
+        report_to=[r.strip() for r in t.report_to.split(",") if r.strip()] or "none",
+        logging_dir=str(out_dir / "logs"),
         disable_tqdm=False,
     )
     rollout = BudgetRollout(spec, tokenizer, cfg)
@@ -259,7 +328,8 @@ def train(cfg: RLConfig) -> dict[str, Any]:
 
     trainer = GRPOTrainer(
         model=model,
-        reward_funcs=trl_reward,
+        # compat: seed grades with the original reward's answer rule
+        reward_funcs=make_trl_reward("seed" if cfg.compat == "seed" else "default"),
         args=args,
         train_dataset=as_dataset(train_rows),
         eval_dataset=as_dataset(val_rows) if val_rows else None,

@@ -16,7 +16,9 @@ returns every generated token with loss mask 1. The rollout of SPEC §5 needs mo
 Validation rows marked `two_stage` use the improved two-stage rule (SPEC §2) in the same request:
 if thinking is still open at `Bt` tokens the processor forces the RL suffix
 `"\\n</think>\\n**Final Answer**\\boxed"` and the answer gets `two_stage_answer_tokens` more
-tokens; those responses are scored whole.
+tokens; those responses are scored whole. `budgetthinker.two_stage_request: second` is the
+original instead: each validation response is generated as in training, truncated to `Bt − 50`
+tokens, given the suffix, and continued by a second request (`budget_rollout.answer_request`).
 
 The per-request logic is engine-free (`budgetthinker.rl.budget_rollout`); this module is the verl
 glue around it.
@@ -32,7 +34,7 @@ from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopMetr
 from verl.utils.profiler import simple_timer
 
 from budgetthinker.control_spec import ControlSpec, load_spec
-from budgetthinker.rl.budget_rollout import budget_request, shape_response
+from budgetthinker.rl.budget_rollout import answer_request, budget_request, shape_response
 
 
 @functools.lru_cache(maxsize=4)
@@ -50,6 +52,8 @@ def rollout_settings(config: Any) -> dict[str, Any]:
         "force": bool(block.get("force", True)),
         "mask_forced_tokens": bool(block.get("mask_forced_tokens", True)),
         "two_stage_answer_tokens": int(block.get("two_stage_answer_tokens", 40)),
+        "stop_at_think_end": bool(block.get("stop_at_think_end", True)),
+        "two_stage_request": str(block.get("two_stage_request", "same")),
     }
 
 
@@ -81,6 +85,8 @@ class BudgetAgentLoop(AgentLoopBase):
             force=self.settings["force"],
             response_length=self.response_length,
             answer_tokens=self.settings["two_stage_answer_tokens"],
+            stop_at_think_end=self.settings["stop_at_think_end"],
+            two_stage_request=self.settings["two_stage_request"],
         )
         metrics: dict[str, Any] = {}
         with simple_timer("generate_sequences", metrics):
@@ -90,16 +96,34 @@ class BudgetAgentLoop(AgentLoopBase):
                 sampling_params={**sampling_params, **request},
                 priority=int(priority),
             )
+            token_ids = list(output.token_ids)
+            log_probs = list(output.log_probs) if output.log_probs else None
+            forced_part = None
+            if two_stage and self.settings["two_stage_request"] == "second":
+                head, second = answer_request(
+                    self.spec, budget, token_ids, self.settings["two_stage_answer_tokens"]
+                )
+                answer = await self.server_manager.generate(
+                    request_id=uuid4().hex,
+                    prompt_ids=prompt_ids + head,
+                    sampling_params={**sampling_params, **second},
+                    priority=int(priority),
+                )
+                forced_part = len(head) - len(self.spec.suffix_ids["rl"])
+                token_ids = head + list(answer.token_ids)
+                log_probs = None  # validation only: nothing is trained on these
         metrics["num_preempted"] = output.num_preempted if output.num_preempted is not None else -1
         shaped = shape_response(
             self.spec,
             budget,
-            list(output.token_ids),
-            list(output.log_probs) if output.log_probs else None,
+            token_ids,
+            log_probs,
             two_stage=two_stage,
             force=self.settings["force"],
             mask_forced_tokens=self.settings["mask_forced_tokens"],
             response_length=self.response_length,
+            stop_at_think_end=self.settings["stop_at_think_end"],
+            forced_part=forced_part,
         )
         return AgentLoopOutput(
             prompt_ids=prompt_ids,

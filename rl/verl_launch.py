@@ -35,12 +35,20 @@ from budgetthinker.config import build
 from budgetthinker.control_spec import load_spec
 from budgetthinker.errors import UserError
 from budgetthinker.outputs import plain_name
+from budgetthinker.rl.budget_rollout import check_two_stage_request
 from budgetthinker.rl.curriculum import Curriculum, CurriculumConfig
 from budgetthinker.rl.data import RLDataConfig, SyntheticRLConfig, load_split
 from budgetthinker.rl.verl_data import VerlData, chat_prompt_lengths, write_verl_data
 
 AGENT_LOOPS_FILE = Path(__file__).resolve().parent / "verl_agent_loops.yaml"
 TIPS = ("control", "default")
+SEED_ROLLOUT = {
+    "mask_forced_tokens": "false",
+    "stop_at_think_end": "false",
+    "two_stage_request": "second",
+}
+"""What `budgetthinker.compat: seed` sets: the original's rollout and validation (and the
+original reward's answer rule, `reward_kwargs.extraction: seed`)."""
 
 
 @dataclass
@@ -59,6 +67,11 @@ class VerlRecipe:
         mask_forced_tokens (`bool`): leave forced tokens out of the policy loss.
         validation_two_stage (`bool`): two-stage answering in validation (`stage=2`).
         two_stage_answer_tokens (`int`): answer length after the forced suffix.
+        two_stage_request (`str`): `same` (suffix forced in the same request, only when thinking
+            is still open) or `second` (the original: truncate to Bt − 50, suffix, second request).
+        stop_at_think_end (`bool`): no control tokens after `</think>` (false: the original).
+        compat (`str`, *optional*): `seed` switches every rollout improvement back to the
+            original (mask_forced_tokens, stop_at_think_end, two_stage_request).
     """
 
     experiment: str = "8ratio_v1"
@@ -75,9 +88,15 @@ class VerlRecipe:
     mask_forced_tokens: bool = True
     validation_two_stage: bool = True
     two_stage_answer_tokens: int = 40
+    two_stage_request: str = "same"
+    stop_at_think_end: bool = True
+    compat: str | None = None
     output_dir: str = "runs"
 
     def __post_init__(self) -> None:
+        check_two_stage_request(self.two_stage_request, "budgetthinker.two_stage_request")
+        if self.compat not in (None, "seed"):
+            raise ValueError(f"compat must be null or seed (the original), got {self.compat!r}")
         if self.tip not in TIPS:
             raise ValueError(f"tip must be one of {', '.join(TIPS)}, got {self.tip!r}")
         plain_name(self.experiment, "experiment")  # it becomes <output_dir>/<experiment>/
@@ -240,6 +259,11 @@ def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
         "data.filter_overlong_prompts=false",
         f"actor_rollout_ref.rollout.agent.agent_loop_config_path={_quote(str(AGENT_LOOPS_FILE))}",
     ]
+    if bt.compat == "seed":  # every rollout switch back to the original, read by the agent loop
+        launch += [f"budgetthinker.{key}={value}" for key, value in SEED_ROLLOUT.items()]
+        extraction = "reward.custom_reward_function.reward_kwargs.extraction"
+        if not any(extraction in o for o in overrides):  # the original reward's answer rule
+            launch.append(f"+{extraction}=seed")
     if int(cfg.trainer.save_freq) == -1:
         launch.append(f"trainer.save_freq={data.steps_per_epoch}")
     final = overrides + launch

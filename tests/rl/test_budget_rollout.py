@@ -8,6 +8,7 @@ from budgetthinker.forcing import make_plan, schedule, simulate
 from budgetthinker.rl.budget_rollout import (
     RL_SUFFIX,
     ForcingMissing,
+    answer_request,
     budget_request,
     shape_response,
 )
@@ -41,6 +42,7 @@ def test_request_caps_generation_and_carries_the_budget(spec, budget):
         "two_stage": False,
         "suffix": RL_SUFFIX,
         "control": True,
+        "stop_at_think_end": True,
     }
 
 
@@ -113,6 +115,51 @@ def test_shape_two_stage_is_scored_whole(spec):
     assert full[start : start + len(suffix)] == suffix
     masked = {i for i, m in enumerate(shaped["response_mask"]) if m == 0}
     assert set(range(start, start + len(suffix))) <= masked
+
+
+def test_stop_at_think_end_false_keeps_forcing_after_think_end(spec):
+    """The original forcing (an RL setting now): control tokens after `</think>` too. The
+    request says so to the processor, and a response forced that way is accepted and masked."""
+    request = budget_request(
+        spec, 400, two_stage=False, force=True, response_length=10000, answer_tokens=40,
+        stop_at_think_end=False,
+    )  # fmt: skip
+    assert request["extra_args"]["stop_at_think_end"] is False
+    proposals = [FREE_TOKEN] * 20 + [spec.think_end_id] + [FREE_TOKEN] * 300
+    original = simulate(make_plan(spec, 400, stop_at_think_end=False), proposals)
+    shaped = shape(spec, 400, original, stop_at_think_end=False)
+    after_end = [i for i, m in enumerate(shaped["response_mask"]) if m == 0 and i > 20]
+    assert after_end == forced_positions(spec, 400, scored_length(400))
+    with pytest.raises(ForcingMissing):  # the improved plan forces nothing after </think>
+        shape(spec, 400, simulate(make_plan(spec, 400), proposals), stop_at_think_end=False)
+
+
+@pytest.mark.parametrize("finished", [False, True])
+def test_original_two_stage_is_a_second_request(spec, finished):
+    """`two_stage_request: second` (the original): the first request is a training rollout,
+    every response is cut to Bt − 50, the suffix appended, and a second unforced request answers;
+    the response is scored whole and only the first part is checked for forcing."""
+    budget = 400
+    first = budget_request(
+        spec, budget, two_stage=True, force=True, response_length=10000, answer_tokens=40,
+        two_stage_request="second",
+    )  # fmt: skip
+    assert first["max_tokens"] == generation_cap(budget, 10000)
+    assert first["extra_args"]["two_stage"] is False
+    proposals = [FREE_TOKEN] * 30 + [spec.think_end_id] * finished + [FREE_TOKEN] * 600
+    phase1 = simulate(make_plan(spec, budget), proposals)[: first["max_tokens"]]
+    head, second = answer_request(spec, budget, phase1, 40)
+    suffix = list(spec.suffix_ids[RL_SUFFIX])
+    assert head == phase1[: scored_length(budget)] + suffix
+    assert second == {"max_tokens": 40, "extra_args": {"force": 0}}
+    answer = [FREE_TOKEN] * 40
+    shaped = shape(spec, budget, head + answer, two_stage=True, forced_part=len(head) - len(suffix))
+    assert shaped["response_ids"] == head + answer
+    info = shaped["extra_fields"]
+    assert info["suffix_forced"] is True and info["finished_thinking"] is finished
+    masked = [i for i, m in enumerate(shaped["response_mask"]) if m == 0]
+    # thinking closed at token 30, before the first control token: nothing was forced after it
+    assert masked == ([] if finished else forced_positions(spec, budget, scored_length(budget)))
 
 
 @pytest.mark.vllm

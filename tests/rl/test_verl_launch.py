@@ -276,6 +276,25 @@ def test_aliases(monkeypatch, tmp_path):
         prepare(RECIPE, small_run(tmp_path)[1:])
 
 
+def test_compat_seed_sets_the_original_rollout(tmp_path):
+    """`budgetthinker.compat=seed`: the agent loop reads the original's switches from the
+    resolved config, and the reward gets the original answer rule."""
+    cfg = prepare(RECIPE, [*small_run(tmp_path), "budgetthinker.compat=seed"]).config
+    bt = cfg.budgetthinker
+    assert (bt.mask_forced_tokens, bt.stop_at_think_end, bt.two_stage_request) == (
+        False,
+        False,
+        "second",
+    )
+    assert cfg.reward.custom_reward_function.reward_kwargs.extraction == "seed"
+    plain = prepare(RECIPE, small_run(tmp_path / "plain")).config.budgetthinker
+    assert (plain.mask_forced_tokens, plain.stop_at_think_end, plain.two_stage_request) == (
+        True,
+        True,
+        "same",
+    )
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
@@ -284,6 +303,8 @@ def test_aliases(monkeypatch, tmp_path):
         ("budgetthinker.unknown=1", "does not compose"),
         ("+budgetthinker.unknown=1", "unknown config key 'budgetthinker.unknown'"),
         ("budgetthinker.tip=prompt_v1", "tip must be one of control, default"),
+        ("budgetthinker.two_stage_request=twice", "two_stage_request must be same"),
+        ("budgetthinker.compat=s1", "compat must be null or seed"),
         ("trainer.total_epochs=8", "budgetthinker.epochs=8"),
         ("data.train_batch_size=64", "fewer than data.train_batch_size 64"),
         ("trainer.n_gpus_per_node=3", "verl rejects this configuration.*divisible"),

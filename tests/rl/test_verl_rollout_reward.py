@@ -205,6 +205,7 @@ def test_budget_agent_loop_in_verl(small_config, tokenizer, spec, prepared_model
         "two_stage": False,
         "suffix": "rl",
         "control": True,
+        "stop_at_think_end": True,
     }
     assert call["top_p"] == 0.9 and call["temperature"] == 1.0
 
@@ -260,6 +261,29 @@ def test_original_behaviour_and_two_stage_validation(small_config, tokenizer, sp
     assert output.extra_fields["suffix_forced"] is True
     assert output.response_ids[bt : bt + len(suffix)] == suffix
     assert len(output.response_ids) == call["max_tokens"]
+
+
+@pytest.mark.slow
+def test_original_two_stage_validation_is_a_second_request(
+    small_config, tokenizer, spec, prepared_model
+):
+    """`budgetthinker.two_stage_request: second` (set by compat: seed): the validation response
+    is generated as in training, cut to Bt − 50, given the suffix, and answered by a second,
+    unforced request that continues prompt + cut response + suffix."""
+    cfg = OmegaConf.merge(small_config.config, {"budgetthinker": {"two_stage_request": "second"}})
+    server = TransformersServer(str(prepared_model), spec)
+    row = dataset_row(cfg, tokenizer, split="val")
+    output = run_agent_loop(cfg, tokenizer, server, worker_sampling_params(cfg, True), row)
+    first, second = server.calls
+    bt = budget_with_tokens(BUDGET)
+    assert first["max_tokens"] == min(bt + bt // 4, 400 - 200)
+    assert first["extra_args"]["two_stage"] is False
+    assert second["max_tokens"] == 40 and second["extra_args"] == {"force": 0}
+    suffix = list(spec.suffix_ids["rl"])
+    cut = bt - 50
+    assert output.response_ids[cut : cut + len(suffix)] == suffix
+    assert len(output.response_ids) == cut + len(suffix) + 40
+    assert output.extra_fields["suffix_forced"] is True
 
 
 def test_reward_loader_gives_exact_values(tokenizer):
