@@ -65,8 +65,8 @@ class BudgetSettings:
     stop_at_think_end: bool = True  # False: control tokens also after `</think>` (the original)
 
     def plan(self, spec: ControlSpec | None) -> ForcingPlan | None:
-        if self.budget is None or spec is None:
-            return None
+        if self.budget is None or spec is None or not (self.control or self.two_stage):
+            return None  # nothing to force (a prompt-only method takes any budget)
         return make_plan(
             spec, self.budget, control=self.control, two_stage=self.two_stage,
             suffix=self.suffix, stop_at_think_end=self.stop_at_think_end,

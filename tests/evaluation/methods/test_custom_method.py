@@ -1,0 +1,51 @@
+"""The README's "Add a method" example, taken from the README itself: it loads by dotted path,
+runs its two rounds on the embedded model and returns what it says."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+from budgetthinker.delimiters import detect
+from budgetthinker.errors import UserError
+from budgetthinker.evaluation.methods import METHODS, SampleContext, get_method
+from budgetthinker.evaluation.runner import run_episodes
+
+README = Path(__file__).resolve().parents[3] / "README.md"
+
+
+@pytest.fixture
+def readme_method(tmp_path, monkeypatch):
+    code = re.search(r"```python\n(# mymethods\.py\n.*?)```", README.read_text(), re.S).group(1)
+    (tmp_path / "mymethods.py").write_text(code)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield
+    sys.modules.pop("mymethods", None)
+    METHODS.pop("twice", None)
+
+
+@pytest.mark.slow
+def test_readme_method_runs(readme_method, hf_backend, tokenizer, spec, prompt_ids):
+    method = get_method({"name": "mymethods:Twice", "phrase": " Answer:"})
+    assert method.display_name == "twice[phrase= Answer:]"
+    ctx = SampleContext(
+        prompt_ids=prompt_ids[0], budget=8, tokenizer=tokenizer, spec=spec,
+        delimiters=detect(tokenizer, spec), max_new_tokens=None,
+    )  # fmt: skip
+    [outcome] = run_episodes([method.episode(ctx)], hf_backend)
+    phrase = tokenizer.encode(" Answer:", add_special_tokens=False)
+    n = outcome.thinking_tokens
+    assert outcome.rounds == 2 and 0 < n <= 8  # thinking within the budget
+    assert outcome.output_ids[n : n + len(phrase)] == phrase
+    assert len(outcome.output_ids) > n + len(phrase)  # the second round answered
+    assert get_method("twice").name == "twice"  # registered on import
+
+
+def test_dotted_path_errors():
+    with pytest.raises(UserError, match="cannot load method 'nowhere.mod:M'"):
+        get_method("nowhere.mod:M")
+    with pytest.raises(UserError, match="'pathlib:Path' is not a Method subclass"):
+        get_method("pathlib:Path")
