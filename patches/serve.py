@@ -6,10 +6,12 @@ requests. Invalid `vllm_xargs` are refused by the processor's `validate_params` 
 
 We start `vllm serve` as a child process instead of importing its server: its command line stays
 the documented interface (anything after `--` is passed through), and vLLM's own process and
-signal handling is kept. What we add: the processor, a readable model name, `--reasoning-parser
-deepseek_r1` when the model's chat template opens a `<think>` block (R1-style models, so chat
-responses carry the thinking in `reasoning_content`), the CPU defaults our other vLLM engines use,
-waiting for `/health`, and one line with the URL and an example `curl` when it is ready.
+signal handling is kept. What we add: the processor, a readable model name, logprobs of the
+distribution actually sampled from (`--logprobs-mode processed_logprobs`, as `VLLMBackend`),
+`--reasoning-parser deepseek_r1` when the model's chat template opens a `<think>` block (R1-style
+models, so chat responses carry the thinking in `reasoning_content`), the CPU defaults our other
+vLLM engines use, waiting for `/health`, and one line with the URL and an example `curl` when it
+is ready.
 """
 
 from __future__ import annotations
@@ -174,6 +176,8 @@ class Server:
             cmd += ["--served-model-name", self.name]
         else:
             self.name = named
+        if not _has_flag(args, "--logprobs-mode"):  # as VLLMBackend: logprobs after forcing
+            cmd += ["--logprobs-mode", "processed_logprobs"]
         if not _has_flag(args, "--reasoning-parser") and opens_think_block(self.model_dir):
             cmd += ["--reasoning-parser", "deepseek_r1"]
         if not on_gpu():  # the small-machine defaults of VLLMBackend (reference/cpu_engines.md)

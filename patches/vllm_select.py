@@ -13,6 +13,11 @@ from __future__ import annotations
 
 V1_FQCN = "budgetthinker.patches.vllm_logits_processor:BudgetForcingProcessor"
 V2_FQCN = "budgetthinker.patches.vllm_v2_processor:BudgetForcingProcessorV2"
+AUTO_FQCN = "budgetthinker.patches.vllm_select:BudgetForcingProcessorAuto"
+"""Resolved by the process that loads it (vLLM's front end and its workers alike), to the class
+`vllm_processor()` returns there: for configs that must name one string for any vLLM version
+(e.g. a verl rollout). Where vLLM falls back to V1 on a GPU for a feature V2 lacks, name
+`V1_FQCN` instead."""
 
 
 def uses_v2_runner(vllm_config=None) -> bool:
@@ -45,3 +50,10 @@ def vllm_processor(vllm_config=None) -> type:
 def vllm_processor_fqcn(vllm_config=None) -> str:
     """`vllm_processor()` as the `module:Class` string that `--logits-processors` takes."""
     return V2_FQCN if uses_v2_runner(vllm_config) else V1_FQCN
+
+
+def __getattr__(name: str):
+    """`BudgetForcingProcessorAuto` (see `AUTO_FQCN`), chosen when first looked up."""
+    if name == "BudgetForcingProcessorAuto":
+        return vllm_processor()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -371,9 +371,17 @@ def test_processor_selection_follows_the_runner(v2, vllm_config, monkeypatch):
     assert vllm_processor_fqcn(vllm_config) == V1_FQCN
     monkeypatch.delenv("VLLM_USE_V2_MODEL_RUNNER", raising=False)
     assert vllm_processor() is BudgetForcingProcessor  # no Triton backend here
+    from vllm.v1.sample.logits_processor import _load_logitsprocs_by_fqcns
+
+    from budgetthinker.patches.vllm_select import AUTO_FQCN
+
+    assert _load_logitsprocs_by_fqcns([AUTO_FQCN]) == [BudgetForcingProcessor]  # V1 loader
     monkeypatch.setenv("VLLM_USE_V2_MODEL_RUNNER", "1")
     assert vllm_processor() is v2
     assert vllm_processor_fqcn() == V2_FQCN
+    from vllm.v1.worker.gpu.sample.logits_processor.loader import _load_v2_logitsprocs_by_fqcns
+
+    assert _load_v2_logitsprocs_by_fqcns([AUTO_FQCN]) == [v2]  # the V2 loader, same string
 
 
 def interpreted_kernels_agree() -> int:
