@@ -86,6 +86,7 @@ CTS_DROP_REASONS = {
     **DROP_REASONS,
     "too_long": "thinking longer than --max-thinking reference tokens (with --long drop)",
     "unencodable": "the reference tokenizer cannot encode the text (unknown tokens)",
+    "duplicate_id": "an earlier row has the same id (ids name rows in the resumable output)",
 }
 
 
@@ -524,8 +525,14 @@ def compress_file(
 
     try:
         pending: list[Job] = []
+        seen: set[str] = set()
         for key, raw in _keyed_rows(rows):
             read += 1
+            if key in seen:
+                builder.dropped["duplicate_id"] += 1
+                bar.update(1)
+                continue
+            seen.add(key)
             if all(key in w.done for w in writers.values()):
                 resumed += 1
                 bar.update(1)

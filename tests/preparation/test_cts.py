@@ -301,12 +301,13 @@ def test_unencodable_and_unfinished_traces_are_dropped_and_counted(tmp_path, cap
     bad = dict(make_trace(1, 1, 1), response="<think>\nZyzzyva quux.\n</think>\\boxed{1}")
     unfinished = dict(make_trace(1, 2, 1), response="<think>\nno end tag")
     traces = tmp_path / "t.jsonl"
-    traces.write_text("".join(json.dumps(r) + "\n" for r in (good, bad, unfinished)))
+    rows = (good, bad, unfinished, good)  # the second `good` repeats an id
+    traces.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "c.jsonl"
     argv = ["cts", "--ref-model", str(tmp_path / "ref"), "--traces", str(traces)]
     assert main([*argv, "--out", str(out), "--ratio", "0.5", "--no-progress"]) == 0
     stats = json.loads((tmp_path / "c.stats.json").read_text())
-    assert stats["dropped"] == {"no_think_end": 1, "unencodable": 1}
+    assert stats["dropped"] == {"duplicate_id": 1, "no_think_end": 1, "unencodable": 1}
     assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == [good["id"]]
     # nothing encodable at all: one line naming the reasons
     traces.write_text(json.dumps(bad) + "\n")
