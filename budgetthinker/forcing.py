@@ -145,6 +145,7 @@ class Forcer:
             return
         if (
             self.level > 0
+            and plan.interval > 0  # no control tokens planned: a sampled one starts no chain
             and self.since == plan.interval
             and (thinking or not plan.stop_at_think_end)
         ):

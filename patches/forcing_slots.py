@@ -176,6 +176,7 @@ class ForcingSlots:
         suffix_token = torch.where(pos < slen, suffix_token, FREE)
         control = (
             (level > 0)
+            & (s[:, INTERVAL] > 0)
             & (since == s[:, INTERVAL])
             & (thinking | (s[:, STOP_AT_END] == 0))
         )
@@ -322,7 +323,7 @@ if triton is not None:
         column = tl.minimum(tl.maximum(pos, 0), suffix_width - 1)
         suffix_token = tl.load(suffix_ptr + suffix_row * suffix_width + column)
         suffix_token = tl.where(pos < slen, suffix_token, -1)
-        control = (level > 0) & (since == interval) & (thinking | (stop == 0))
+        control = (level > 0) & (interval > 0) & (since == interval) & (thinking | (stop == 0))
         control_token = tl.load(control_ptr + tl.maximum(level, 0))
         control_token = tl.where(control, control_token, -1)
         forced = tl.where(pos >= 0, suffix_token, control_token)

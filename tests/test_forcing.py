@@ -197,6 +197,17 @@ def test_two_stage_without_control_tokens():
     assert tuple(out[102:106]) == SUFFIX_EVAL
 
 
+def test_sampled_control_token_starts_no_chain_without_control():
+    """A plan without control tokens (two-stage only) must never force one, even after the model
+    samples a control token itself (this once forced 5/8 … 1/8 back to back)."""
+    spec = fake_spec()
+    proposals = [PLAIN] * 60
+    proposals[5] = spec.token_ids[5]  # the model samples 6/8 on its own
+    out = simulate(make_plan(spec, 100, control=False, two_stage=True), proposals)
+    assert forced_indices(spec, out) == [5]
+    assert out == proposals
+
+
 def test_forcer_state_is_constant_size():
     """O(1) state: the forcer keeps a fixed set of integers, however long the output grows."""
     spec = fake_spec()
