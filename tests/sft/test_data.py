@@ -341,3 +341,32 @@ def test_generated_prefix_follows_the_template(tokenizer):
     assert generated_prefix(tok) == "\n"
     tok.chat_template = None
     assert generated_prefix(tok) == "<think>\n"
+
+
+def test_plain_tip_without_control_tokens_keeps_budgets_and_thinking(
+    tmp_path, prepared_model, tokenizer
+):
+    """`--control none --tip withoutremaining` (arm (b) of the CPU evidence experiment): the same
+    budgets as the control-token rows, the plain budget tip, the thinking untouched."""
+    from budgetthinker.cli import main
+
+    traces = tmp_path / "t.jsonl"
+    assert main(["sft-traces", "--out", str(traces), "--n", "6", "--checks", "0:3"]) == 0
+    base = ["sft-data", "--model", str(prepared_model), "--traces", str(traces),
+            "--out", str(tmp_path / "d"), "--budget-rule", "v1"]  # fmt: skip
+    assert main([*base, "--name", "a"]) == 0
+    assert main([*base, "--name", "b", "--control", "none", "--tip", "withoutremaining"]) == 0
+    a = [json.loads(x) for x in (tmp_path / "d" / "a.jsonl").read_text().splitlines()]
+    b = [json.loads(x) for x in (tmp_path / "d" / "b.jsonl").read_text().splitlines()]
+    raw = [json.loads(x) for x in traces.read_text().splitlines()]
+    assert [r["budget"] for r in a] == [r["budget"] for r in b] and len(b) == 6
+    for row, trace in zip(b, raw, strict=True):
+        assert row["instruction"] == user_content(trace["question"], row["budget"],
+                                                  "withoutremaining")  # fmt: skip
+        assert row["output"] == trace["response"]  # thinking and answer unchanged
+    stats = json.loads((tmp_path / "d" / "b.stats.json").read_text())
+    assert (stats["control"], stats["tip"]) == ("none", "withoutremaining")
+    with pytest.raises(UserError, match="--tip withoutremaining"):
+        TraceBuilder(tokenizer, None, control="none", tip="control")
+    with pytest.raises(UserError, match="unknown tip 'short'"):
+        TraceBuilder(tokenizer, None, control="none", tip="short")
