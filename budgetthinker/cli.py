@@ -15,8 +15,10 @@ from budgetthinker.errors import UserError
 from budgetthinker.evaluation import comparison as _comparison
 from budgetthinker.patches import serve as _serve
 from budgetthinker.preparation import cts as _cts
+from budgetthinker.preparation import tale_search as _tale_search
 from budgetthinker.rl import cli as _rl_cli
 from budgetthinker.sft import cli as _sft_cli
+from budgetthinker.sft import tale_pt as _tale_pt
 
 
 def _budget(text: str) -> int:
@@ -293,6 +295,17 @@ COMMANDS = {
         _cts.add_cts_args,
         _cts.run_cts,
         "compress the thinking of reasoning traces with a reference model (CTS) before SFT",
+    ),
+    "tale-search": (
+        _tale_search.add_args,
+        _tale_search.run_cli,
+        "TALE's optimal budget search: per problem, halve the budget in the prompt while the "
+        "answer stays correct and gets shorter (data for TALE-PT)",
+    ),
+    "tale-pt": (
+        _tale_pt.add_args,
+        _tale_pt.run_cli,
+        "TALE-PT: LoRA SFT or DPO on LLaMA-Factory from a tale-search file (sft environment)",
     ),
     "sft-traces": (
         _sft_cli.add_traces_args,

@@ -36,17 +36,28 @@ class SyntheticProblem:
     steps: tuple[str, ...]  # one sentence of reasoning per operation
 
 
-def make_problem(seed: int, index: int, num_steps: int = 3) -> SyntheticProblem:
+LEVELS = ("normal", "easy")
+"""`easy`: single-digit start amounts and only small additions (1–3), so that even the embedded
+135M model answers some correctly (TALE's budget search needs problems vanilla CoT gets right);
+with `num_steps=0` the answer is the amount stated in the question."""
+
+
+def make_problem(
+    seed: int, index: int, num_steps: int = 3, level: str = "normal"
+) -> SyntheticProblem:
     """Problem `index` of the set `seed`: a start amount and `num_steps` operations on it."""
-    rng = random.Random(f"{seed}:{index}:{num_steps}")
+    if level not in LEVELS:
+        raise ValueError(f"synthetic level must be one of {', '.join(LEVELS)}, got {level!r}")
+    easy = level == "easy"
+    rng = random.Random(f"{seed}:{index}:{num_steps}" + (":easy" if easy else ""))
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
-    value = rng.randint(2, 20)
+    value = rng.randint(1, 9) if easy else rng.randint(2, 20)
     sentences = [f"{name} has {value} {item}."]
     steps = [f"{name} starts with {value} {item}."]
     for _ in range(num_steps):
-        op = rng.choice(("gain", "lose", "times", "gain", "groups"))
+        op = "gain" if easy else rng.choice(("gain", "lose", "times", "gain", "groups"))
         if op == "gain":
-            k = rng.randint(2, 30)
+            k = rng.randint(1, 3) if easy else rng.randint(2, 30)
             sentences.append(f"Then {name} gets {k} more {item}.")
             steps.append(f"Getting {k} more gives {value} + {k} = {value + k} {item}.")
             value += k
@@ -71,16 +82,18 @@ def make_problem(seed: int, index: int, num_steps: int = 3) -> SyntheticProblem:
     sentences.append(f"How many {item} does {name} have now?")
     steps.append(f"So {name} has {value} {item} in the end.")
     return SyntheticProblem(
-        id=f"synthetic-{seed}-{index}",
+        id=f"synthetic-{'easy-' if easy else ''}{seed}-{index}",
         question=" ".join(sentences),
         answer=str(value),
         steps=tuple(steps),
     )
 
 
-def synthetic_problems(n: int, seed: int = 0, num_steps: int = 3) -> list[SyntheticProblem]:
-    """The first `n` problems of set `seed`."""
-    return [make_problem(seed, i, num_steps) for i in range(n)]
+def synthetic_problems(
+    n: int, seed: int = 0, num_steps: int = 3, level: str = "normal"
+) -> list[SyntheticProblem]:
+    """The first `n` problems of set `seed` (at `level`, see `LEVELS`)."""
+    return [make_problem(seed, i, num_steps, level) for i in range(n)]
 
 
 def make_trace(seed: int, index: int, num_steps: int = 3, checks: int = 0) -> dict[str, str]:

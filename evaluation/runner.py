@@ -205,6 +205,7 @@ class ChunkRun:
             compat=tuple(cfg.compat),
             stop_at_think_end=cfg.stop_at_think_end,
             eos_ids=self.eos_ids,
+            question=request.problem.question,
         )  # fmt: skip
 
     def outcomes(self, chunk: list[Request]) -> list[Outcome]:

@@ -351,3 +351,222 @@ def read_rows(path: str | os.PathLike) -> list[dict]:
                 except json.JSONDecodeError:
                     continue
     return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Over a real backend, and the command line
+
+
+class BackendAnswerer:
+    """An `Answerer` over any backend of `budgetthinker.generation` (`backend.run` only): renders
+    each TALE prompt (chat template or `compat: tale`), generates one round, and counts output
+    tokens with the model's tokenizer (on `backend=openai`, the token ids the server returns).
+    Each call is one batched `run`; a per-prompt sampling seed keeps sampled answers
+    independent of the batch."""
+
+    def __init__(
+        self,
+        backend,
+        tokenizer,
+        *,
+        compat: str = "chat",
+        max_new_tokens: int = 1024,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int = 0,
+        batch_size: int = 16,
+    ) -> None:
+        self.backend, self.tokenizer, self.compat = backend, tokenizer, compat
+        self.max_new_tokens, self.temperature, self.top_p = max_new_tokens, temperature, top_p
+        self.seed, self.batch_size = seed, batch_size
+        self.eos_ids: set[int] = set()
+        for eos in (tokenizer.eos_token_id, getattr(backend, "eos_ids", None)):
+            if isinstance(eos, int):
+                self.eos_ids.add(eos)
+            elif eos:
+                self.eos_ids |= set(eos)
+
+    def __call__(self, prompts: list[str]) -> list[tuple[str, int]]:
+        from budgetthinker.generation import GenRequest, sample_seed
+        from budgetthinker.tale import render
+
+        requests = [
+            GenRequest(
+                self.tokenizer.encode(
+                    render(self.tokenizer, p, self.compat), add_special_tokens=False
+                ),
+                max_new_tokens=self.max_new_tokens,
+                seed=sample_seed(self.seed, "tale-search", p),
+            )
+            for p in prompts
+        ]
+        results = self.backend.run(
+            requests, temperature=self.temperature, top_p=self.top_p, batch_size=self.batch_size
+        )
+        outputs = []
+        for result in results:
+            ids = list(result.token_ids)
+            if ids and ids[-1] in self.eos_ids:
+                ids = ids[:-1]  # the end-of-sequence token is not part of the answer
+            outputs.append((self.tokenizer.decode(ids, skip_special_tokens=True), len(ids)))
+        return outputs
+
+
+class GraderJudge:
+    """A `Judge` with the evaluation's grader and TALE's answer format (`[[answer]]`, else its
+    number rule), in worker processes with a hard deadline."""
+
+    def __init__(self, workers: int = 2, timeout: float = 5.0) -> None:
+        from budgetthinker.evaluation.grading import Grader
+
+        self.grader = Grader(workers, timeout)
+
+    def __call__(self, pairs: list[tuple[str, str]]) -> list[tuple[bool, str | None]]:
+        grades = self.grader.grade_many([(text, gold, None, "tale") for text, gold in pairs])
+        return [(g.correct, g.predicted) for g in grades]
+
+    def close(self) -> None:
+        self.grader.close()
+
+
+DATA_ALIASES = {"gsm8k_zero": "dcml0714/GSM8K-Zero", "gsm8k-zero": "dcml0714/GSM8K-Zero"}
+"""Short names of Hugging Face datasets TALE used (network needed)."""
+
+
+def add_args(parser) -> None:
+    parser.add_argument("--model", default="default", help="model folder, or 'default' (embedded)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="benchmark: synthetic, gsm8k (with --data-dir, Qwen2.5-Math layout), gsm8k_zero "
+        "(Hugging Face dcml0714/GSM8K-Zero), a JSONL file, or a Hugging Face dataset id",
+    )
+    parser.add_argument("--data-dir", default=None, help="folder holding <name>/<split>.jsonl")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--limit", type=int, default=None, help="first N problems")
+    parser.add_argument("--offset", type=int, default=0)
+    parser.add_argument("--synthetic-n", type=int, default=16, help="synthetic problems")
+    parser.add_argument("--synthetic-steps", type=int, default=1, help="synthetic operations")
+    parser.add_argument(
+        "--synthetic-level", choices=("normal", "easy"), default="easy",
+        help="easy (default): small additions the embedded model can answer",
+    )  # fmt: skip
+    parser.add_argument("--out", required=True, help="search output (JSONL; resumed if present)")
+    parser.add_argument("--family", default="gsm8k", help="TALE prompt family (default gsm8k)")
+    parser.add_argument("--compat", choices=("chat", "tale"), default="chat",
+                        help="chat: the model's template; tale: the original's plain string "
+                        "and sampling (temperature 0.1, top-p 0.9)")  # fmt: skip
+    parser.add_argument(
+        "--rule", choices=RULES, default="code",
+        help="code: the original script (default); paper: Algorithms 1-2",
+    )  # fmt: skip
+    parser.add_argument("--backend", choices=("hf", "vllm", "openai"), default="hf")
+    parser.add_argument("--endpoint", default=None, help="backend openai: http://HOST:PORT")
+    parser.add_argument("--api-key-env", default=None, help="backend openai: key variable")
+    parser.add_argument("--max-new-tokens", type=int, default=1024, help="cap per answer")
+    parser.add_argument("--temperature", type=float, default=None, help="default 0 (greedy)")
+    parser.add_argument("--top-p", type=float, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=16, help="transformers batch")
+    parser.add_argument("--grading-workers", type=int, default=2)
+
+
+def load_search_problems(args) -> list[SearchProblem]:
+    from budgetthinker.evaluation.datasets import DataConfig, SyntheticConfig, load_problems
+
+    if args.limit is not None and args.limit <= 0:
+        raise UserError(f"--limit must be positive, got {args.limit}")
+    if args.data == "synthetic":
+        from budgetthinker.synthetic import synthetic_problems
+
+        if args.synthetic_n < 1 or args.synthetic_steps < 0:
+            raise UserError("--synthetic-n must be positive and --synthetic-steps at least 0")
+        made = synthetic_problems(
+            args.offset + (args.limit or args.synthetic_n), 0, args.synthetic_steps,
+            args.synthetic_level,
+        )[args.offset :]  # fmt: skip
+        return [SearchProblem(p.id, p.question, p.answer) for p in made]
+    name = DATA_ALIASES.get(args.data, args.data)
+    try:
+        cfg = DataConfig(
+            benchmarks=[name], data_dir=args.data_dir, split=args.split, limit=args.limit,
+            offset=args.offset,
+            synthetic=SyntheticConfig(n=args.synthetic_n, steps=args.synthetic_steps),
+        )  # fmt: skip
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    return [SearchProblem(p.id, p.question, p.answer) for p in load_problems(cfg)]
+
+
+def run_cli(args) -> int:
+    from transformers import AutoTokenizer
+
+    from budgetthinker.evaluation.runner import resolve_model
+    from budgetthinker.tale import TALE_SAMPLING, family
+
+    family(args.family)  # before any model loads
+    if args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
+    tale = args.compat == "tale"
+    temperature = args.temperature if args.temperature is not None else (
+        TALE_SAMPLING["temperature"] if tale else 0.0)  # fmt: skip
+    top_p = args.top_p if args.top_p is not None else (TALE_SAMPLING["top_p"] if tale else 1.0)
+    problems = load_search_problems(args)
+    model_dir = resolve_model(args.model)
+    settings = {
+        "model": args.model, "backend": args.backend, "data": args.data, "compat": args.compat,
+        "max_new_tokens": args.max_new_tokens, "temperature": temperature, "top_p": top_p,
+        "seed": args.seed, "synthetic": [args.synthetic_steps, args.synthetic_level],
+    }  # fmt: skip
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    backend = make_backend(args, model_dir, tokenizer, problems)
+    judge = GraderJudge(args.grading_workers)
+    answerer = BackendAnswerer(
+        backend, tokenizer, compat=args.compat, max_new_tokens=args.max_new_tokens,
+        temperature=temperature, top_p=top_p, seed=args.seed, batch_size=args.batch_size,
+    )  # fmt: skip
+    try:
+        stats = search(
+            problems, answerer, judge, args.out, family=args.family, rule=args.rule,
+            settings=settings,
+        )  # fmt: skip
+    finally:
+        judge.close()
+        backend.close()
+    stats_path = Path(args.out).with_suffix(".stats.json")
+    _atomic_json(stats_path, asdict(stats))
+    print(stats.line())
+    print(f"wrote {args.out} (+ {stats_path.name})")
+    return 0
+
+
+def make_backend(args, model_dir: str, tokenizer, problems: list[SearchProblem]):
+    """The backend the search generates with (the evaluation's adapters)."""
+    from budgetthinker.generation import backend_class
+
+    if args.backend == "openai":
+        if not args.endpoint:
+            raise UserError("--backend openai needs --endpoint http://HOST:PORT")
+        from budgetthinker.patches.openai_backend import OpenAIBackend
+
+        return OpenAIBackend(
+            args.endpoint, model_dir=model_dir, api_key_env=args.api_key_env, seed=args.seed
+        )
+    if args.backend == "vllm":
+        from budgetthinker.tale import add_budget, render
+
+        longest = max(
+            len(tokenizer.encode(render(tokenizer, add_budget(cot_prompt(p.question, args.family),
+                                                              10**9), args.compat)))
+            for p in problems
+        )  # fmt: skip
+        return backend_class("vllm")(
+            model_dir, seed=args.seed, max_model_len=longest + args.max_new_tokens
+        )
+    return backend_class("hf")(model_dir, seed=args.seed)
+
+
+def _atomic_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)

@@ -53,6 +53,7 @@ class SampleContext:
     compat: tuple[str, ...] = ()  # the recipe's faithful switches (`seed`, `s1`)
     stop_at_think_end: bool = True
     eos_ids: frozenset[int] = frozenset()
+    question: str = ""  # the problem's text (TALE-EP builds its second prompt from it)
 
     @property
     def compat_seed(self) -> bool:

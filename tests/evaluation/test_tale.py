@@ -105,3 +105,117 @@ def test_the_grader_reads_the_tale_answer_format():
     assert result.correct and result.predicted == "5"
     assert not grade("Answer: [[6]] (the 5 is wrong)", "5", answer_format="tale").correct
     assert grade("So he has $1,250.", "1250", answer_format="tale").correct
+
+
+# ---------------------------------------------------------------------------------------------
+# The methods on the harness (embedded model)
+
+
+class ScriptedEstimates:
+    """Backend `hf` whose estimation rounds answer from a script (by the problem in the prompt)
+    and whose answer rounds run the real model; records the answer rounds' prompts."""
+
+    name = "hf"
+
+    def __init__(self, real, tokenizer, script: dict[str, str]):
+        self.real, self.tokenizer, self.script = real, tokenizer, script
+        self.spec = real.spec
+        self.answer_prompts: list[str] = []
+
+    def run(self, requests, **sampling):
+        from budgetthinker.generation import GenRequest, GenResult
+
+        results: list = [None] * len(requests)
+        real = []
+        for i, request in enumerate(requests):
+            text = self.tokenizer.decode(request.prompt_ids)
+            if tale.ESTIMATOR_CONTEXT in text:
+                reply = next(v for k, v in self.script.items() if k in text)
+                ids = self.tokenizer.encode(reply, add_special_tokens=False)
+                results[i] = GenResult(ids, "stop")
+            else:
+                self.answer_prompts.append(text)
+                real.append(
+                    (i, GenRequest(request.prompt_ids, max_new_tokens=8, seed=request.seed))
+                )
+        for (i, _), result in zip(
+            real, self.real.run([r for _, r in real], **sampling), strict=True
+        ):
+            results[i] = result
+        return results
+
+    def close(self):
+        pass
+
+
+def _eval_cfg(tmp_path, *extra):
+    from budgetthinker.config import load_config
+    from budgetthinker.evaluation.config import EvalConfig
+
+    return load_config(
+        EvalConfig,
+        None,
+        [f"output_dir={tmp_path}", "data.synthetic.n=4", "max_new_tokens=24", "grading.workers=1",
+         *extra],
+    )  # fmt: skip
+
+
+def _records(out):
+    import json
+
+    return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_tale_ep_estimates_unparsable_zero_huge_fall_back(tmp_path, hf_backend, tokenizer):
+    from budgetthinker.evaluation.datasets import DataConfig, SyntheticConfig, load_problems
+    from budgetthinker.evaluation.runner import run_eval
+
+    problems = load_problems(DataConfig(synthetic=SyntheticConfig(n=4)))
+    replies = ["I think about fifty.", "Budget: [[0]]", "Budget: [[99999999999999999999]]",
+               "Budget: [[12]]"]  # fmt: skip
+    script = {p.question: r for p, r in zip(problems, replies, strict=True)}
+    backend = ScriptedEstimates(hf_backend, tokenizer, script)
+    out = run_eval(_eval_cfg(tmp_path, "methods=[tale_ep]", "budgets=[64]"), backend=backend)
+    by_id = {r["problem_id"]: r for r in _records(out)}
+    got = [(by_id[p.id]["tale_estimate"], by_id[p.id]["tale_estimate_status"],
+            by_id[p.id]["tale_budget"]) for p in problems]  # fmt: skip
+    assert got == [
+        (None, "unparsable", 64),  # the sweep's budget
+        (0, "zero", 64),
+        (99999999999999999999, "clamped", 24),  # the answer cap
+        (12, "ok", 12),
+    ]
+    assert [by_id[p.id]["tale_estimate_in_range"] for p in problems] == [False] * 3 + [True]
+    assert all(r["rounds"] == 2 and r["method"] == "tale_ep" for r in by_id.values())
+    # round 2 is the budgeted CoT prompt of the same problem, rendered with the chat template
+    for problem, budget in zip(problems, (64, 64, 24, 12), strict=True):
+        expected = tale.render(tokenizer, tale.budget_prompt(problem.question, budget))
+        assert expected in backend.answer_prompts
+
+
+@pytest.mark.slow
+def test_cot_tale_direct_on_the_embedded_model(tmp_path, hf_backend, tokenizer):
+    from budgetthinker.evaluation.methods import get_method
+    from budgetthinker.evaluation.runner import run_eval
+
+    q = "Ava has 3 apples. How many apples does Ava have now?"
+    tale_m = get_method("tale")
+    assert tale_m.prompt(tokenizer, q, 50, None) == tale.render(
+        tokenizer, tale.budget_prompt(q, 50)
+    )
+    plain = get_method({"name": "cot", "compat": "tale"}).prompt(tokenizer, q, 50, None)
+    assert plain == f"You are a helpful assistant.\nUser: {tale.cot_prompt(q)}\nAssistant:"
+    with pytest.raises(UserError, match="unknown TALE prompt family"):
+        get_method({"name": "tale", "family": "gsm9k"})
+    with pytest.raises(UserError, match="compat must be one of chat, tale"):
+        get_method({"name": "cot", "compat": "seed"})
+    with pytest.raises(UserError, match="positive integer"):
+        run_eval(_eval_cfg(tmp_path, "methods=[tale]", "budgets=[-3]"))
+
+    cfg = _eval_cfg(tmp_path, "methods=[cot,tale,direct]", "budgets=[50]", "data.synthetic.n=2")
+    records = _records(run_eval(cfg, backend=hf_backend))
+    assert sorted({r["method"] for r in records}) == ["cot", "direct", "tale"]
+    assert all(r["output_tokens"] <= 24 and r["rounds"] == 1 for r in records)
+    # graded with TALE's format: [[…]] first, else its number rule
+    assert any(str(r["grade_rule"]).startswith("tale") for r in records)

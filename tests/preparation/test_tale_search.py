@@ -180,3 +180,21 @@ def test_stats_file_rows_are_json(tmp_path):
     log = out.with_name(out.name + ".attempts.jsonl").read_text().splitlines()
     assert json.loads(log[0]) == {"settings": {"family": "gsm8k", "rule": "code"}}
     assert len(log) == 1 + 5
+
+
+def test_cli_problems_easy_synthetic_level_and_bad_limit():
+    import argparse
+
+    from budgetthinker.preparation.tale_search import add_args, load_search_problems
+
+    parser = argparse.ArgumentParser()
+    add_args(parser)
+    args = parser.parse_args(["--data", "synthetic", "--out", "x", "--synthetic-n", "3"])
+    problems = load_search_problems(args)
+    assert [p.id for p in problems] == [f"synthetic-easy-0-{i}" for i in range(3)]
+    for p in problems:  # one small addition: "N has a X. Then N gets b more X. …"
+        a, b = (int(w) for w in re.findall(r"\d+", p.question))
+        assert 1 <= a <= 9 and 1 <= b <= 3 and p.gold == str(a + b)
+    args = parser.parse_args(["--data", "synthetic", "--out", "x", "--limit", "0"])
+    with pytest.raises(UserError, match="--limit must be positive"):
+        load_search_problems(args)
