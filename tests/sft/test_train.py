@@ -49,6 +49,9 @@ def test_recipes_run_from_any_folder(tmp_path, monkeypatch):
     assert lf["report_to"] == "tensorboard" and lf["model_name_or_path"] == "default"
     with pytest.raises(UserError, match="unknown sft recipe 'nope'; shipped recipes: .*release"):
         load_recipe("nope")
+    _, opts = load_recipe("cpu_smoke", ["budgetthinker.compat=seed"])
+    assert opts.data.placement == "thinking"
+    assert load_recipe("cpu_smoke")[1].data.placement == "generated"
 
 
 def test_recipe_dataset_follows_its_inputs(tmp_path, prepared_model, capsys):
@@ -118,3 +121,33 @@ def test_cpu_sft_run(tmp_path, prepared_model, spec):
         assert model.get_input_embeddings().weight.shape[0] > max(spec.token_ids)
     data = (tmp_path / "data" / "synthetic_8ratio_sft.jsonl").read_text().splitlines()
     assert len(data) == 4 and spec.token_strings[-1] in json.loads(data[0])["output"]
+
+
+@pytest.mark.slow
+def test_llamafactory_trains_with_the_weighted_loss(tmp_path):
+    """LLaMA-Factory's first logged loss on the same batch and weights, with control-token
+    weight w = 0 (F), 1 (T) and 10 (T10), follows L(w) = (S_plain + w·S_control) / N: it is
+    linear in w with the same divisor, so L(10) − L(0) = 10·(L(1) − L(0)) > 0."""
+    pytest.importorskip("llamafactory")
+    from budgetthinker.sft.train import run_sft
+
+    first = {}
+    for value in ("F", "T", "T10"):
+        out = tmp_path / value
+        run_sft(
+            f"{REPO_CONFIGS}/cpu_smoke.yaml",
+            [
+                f"output_dir={out}",
+                f"dataset_dir={tmp_path / 'data'}",
+                "max_steps=1",
+                "save_steps=100",
+                "budgetthinker.data.num_traces=2",
+                f"budgetthinker.special_token_loss={value}",
+            ],
+        )
+        state = json.loads((out / "trainer_state.json").read_text())
+        first[value] = next(e["loss"] for e in state["log_history"] if "loss" in e)
+    control_part = first["T"] - first["F"]  # S_control / N, from the logged values
+    assert control_part > 0.01, first
+    # trainer logs are rounded to 4 decimals; the factor 10 multiplies that rounding
+    assert first["T10"] - first["F"] == pytest.approx(10 * control_part, abs=2e-3), first
