@@ -161,7 +161,11 @@ class Journal:
         self.path = path
         self.rounds: dict[str, list[GenResult]] = {}
         if path.exists():
-            for line in path.read_text().splitlines():
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):  # torn by a kill: the next entry starts anew
+                with path.open("ab") as f:
+                    f.write(b"\n")
+            for line in data.decode("utf-8", "replace").splitlines():
                 try:
                     entry = json.loads(line)
                 except ValueError:

@@ -105,3 +105,20 @@ def test_one_corrupt_line_never_loses_a_valid_line(tmp_path_factory, n, data, ga
         assert good in after
     ids = {r["problem_id"] for r in loaded.records}
     assert {str(i) for i in range(n) if i != at} <= ids
+
+
+def test_round_journal_survives_a_torn_line(tmp_path):
+    """The runner's journal of finished rounds: a line torn by a kill must not swallow the entry
+    appended after the resume (it would join the torn line and be unreadable too)."""
+    from budgetthinker.evaluation.runner import Journal
+    from budgetthinker.generation import GenResult
+
+    path = tmp_path / "rounds.jsonl"
+    Journal(path).write([("a", GenResult([1, 2], "length"))])
+    with path.open("a") as f:
+        f.write('{"key": "b", "result": {"token_')  # killed mid-write
+    resumed = Journal(path)
+    assert [r.token_ids for r in resumed.replay("a")] == [[1, 2]]
+    resumed.write([("c", GenResult([3], "stop"))])
+    again = Journal(path)
+    assert [r.token_ids for r in again.replay("c")] == [[3]] and again.replay("b") == []
