@@ -103,6 +103,8 @@ class EvalConfig:
             raise ValueError(f"compat must list seed and/or s1, got {unknown[0]!r}")
         if "seed" in self.compat:
             self.stop_at_think_end = False
+            if self.grading.extraction == "default":  # the original's last-boxed rule
+                self.grading.extraction = "qwen"
         plain_name(self.experiment, "experiment")  # it becomes <output_dir>/<experiment>/
         for key in ("chunk_size", "batch_size", "max_new_tokens", "max_model_len", "concurrency"):
             value = getattr(self, key)

@@ -513,3 +513,12 @@ def test_grading_config_extraction():
     assert GradingConfig(extraction="qwen").extraction == "qwen"
     with pytest.raises(ValueError, match="grading.extraction must be one of default, qwen, seed"):
         GradingConfig(extraction="last_boxed")
+
+
+def test_compat_seed_grades_with_the_original_rule():
+    from budgetthinker.evaluation.config import EvalConfig, GradingConfig
+
+    assert EvalConfig(compat=["seed"]).grading.extraction == "qwen"
+    assert EvalConfig().grading.extraction == "default"
+    chosen = EvalConfig(compat=["seed"], grading=GradingConfig(extraction="seed"))
+    assert chosen.grading.extraction == "seed"
