@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,11 +26,13 @@ pytestmark = pytest.mark.slow
 
 
 def tiny(tmp_path, *extra) -> EvalConfig:
+    """The default recipe, smaller: two single-round methods (s1 has its own tests below)."""
     return load_config(
         EvalConfig,
         DEFAULT,
-        [f"output_dir={tmp_path}", "budgets=[16,32]", "data.synthetic.n=3", *extra],
-    )
+        [f"output_dir={tmp_path}", "budgets=[16,32]", "data.synthetic.n=3",
+         "methods=[control,withoutremaining]", *extra],
+    )  # fmt: skip
 
 
 def read(out_dir: Path) -> list[dict]:
@@ -106,8 +109,10 @@ def test_control_method_needs_a_prepared_model(tmp_path):
 
 
 def test_unknown_method_and_bad_budget(tmp_path, prepared_model):
-    with pytest.raises(UserError, match="unknown method 's2'"):
+    with pytest.raises(UserError, match="unknown method 's2'; choose from control, .*s1"):
         run_eval(tiny(tmp_path, "methods=[s2]"))
+    with pytest.raises(UserError, match="method 's1' has no parameter 'wait'; its parameters"):
+        run_eval(tiny(tmp_path, "methods=[{name: s1, wait: 2}]"))
     with pytest.raises(UserError, match="at least 8"):
         run_eval(tiny(tmp_path, "budgets=[4]"))
 
@@ -188,3 +193,115 @@ def test_eval_sh_with_original_variables(tmp_path, prepared_model):
         ("prompt_v2", 16, False)
     }
     assert "| prompt_v2 | synthetic | 16 |" in proc.stdout
+
+
+def test_prompt_only_methods_take_any_budget(tmp_path, prepared_model):
+    """Budgets are checked per method before the model loads: 4 is below 8ratio's minimum for
+    `control`, but a prompt-only method runs with it."""
+    with pytest.raises(UserError, match="at least 8"):
+        run_eval(tiny(tmp_path, "budgets=[4]", "methods=[withoutremaining,control]"))
+    assert not (tmp_path / "default" / "samples.jsonl").exists()
+    cfg = tiny(tmp_path, "budgets=[4]", "methods=[withoutremaining]", "data.synthetic.n=1")
+    assert len(read(run_eval(cfg))) == 1
+
+
+def test_unprepared_model_two_stage_as_a_second_request(tmp_path):
+    """`compat: seed` on a model without a spec: the suffix is appended to every output and a
+    second request answers; thinking is counted up to the recipe's `</think>`."""
+    from transformers import AutoTokenizer
+
+    from budgetthinker.delimiters import find_all
+    from budgetthinker.preparation.embedded_model import default_base_dir
+
+    base = default_base_dir()
+    cfg = tiny(tmp_path, f"model={base}", "methods=[withoutremaining]", "budgets=[12]",
+               "data.synthetic.n=2", "two_stage=true", "compat=[seed]",
+               "delimiters={start: <think>, end: </think>}")  # fmt: skip
+    records = read(run_eval(cfg))
+    tok = AutoTokenizer.from_pretrained(base)
+    end = tok.encode("</think>", add_special_tokens=False)
+    assert len(end) > 1  # plain text for this model: several tokens
+    for r in records:
+        ids = tok.encode(r["text"], add_special_tokens=False)
+        assert r["rounds"] == 2 and r["delimiters"] == "recipe"
+        assert "</think>\n\n**Final Answer**\\boxed" in r["text"]
+        assert r["thinking_tokens"] == find_all(ids, end)[0]
+        assert r["think_end_count"] == len(find_all(ids, end)) >= 1
+        assert r["finished_thinking"] is True
+    plain = tiny(tmp_path, f"model={base}", "methods=[withoutremaining]", "budgets=[12]",
+                 "data.synthetic.n=1", "experiment=nodelims")  # fmt: skip
+    [r] = read(run_eval(plain))
+    assert r["finished_thinking"] is None and r["delimiters"] == "none"
+    summary = (tmp_path / "nodelims" / "summary.md").read_text()
+    assert "| withoutremaining | synthetic | 12 |" in summary
+    report = (tmp_path / "nodelims" / "report.md").read_text()
+    assert "No thinking delimiters known" in report
+
+
+S1 = "{name: s1, thinking_n_ignore: 2, thinking_n_ignore_str: Wait, max_gen_toks: 4}"
+S1_ARGS = [f"methods=[{S1}]", "budgets=[24]", "data.synthetic.n=4", "chunk_size=2",
+           "grading.workers=1"]  # fmt: skip
+
+
+def test_resume_in_the_middle_of_a_multi_round_method(tmp_path, prepared_model):
+    """SIGKILL while s1 samples are between rounds: the rerun replays the journalled rounds, so
+    no round is generated twice and no sample is lost or repeated."""
+    out = tmp_path / "default"
+    args = [sys.executable, "-m", "budgetthinker.cli", "eval", "--config", str(DEFAULT),
+            f"output_dir={tmp_path}", *S1_ARGS]  # fmt: skip
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = out / "rounds.jsonl"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.exists() and journal.read_text().count("\n") >= 1:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    samples = out / "samples.jsonl"
+    saved = samples.read_text().splitlines() if samples.exists() else []
+    assert len(saved) < 4
+    done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = read(out)
+    assert len({record_key(r) for r in records}) == len(records) == 4
+    rounds: dict[str, int] = {}
+    for line in journal.read_text().splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue  # torn by the kill
+        rounds[entry["key"]] = rounds.get(entry["key"], 0) + 1
+    assert sorted(rounds.values()) == sorted(r["rounds"] for r in records)  # none twice
+    assert any(r["rounds"] > 2 for r in records)  # "Wait" rounds happened
+
+
+def test_samples_do_not_depend_on_batching_or_resume(tmp_path, hf_backend):
+    sampled = ["methods=[withoutremaining]", "budgets=[16]", "data.synthetic.n=3",
+               "sampling.temperature=1.0", "sampling.n=2"]  # fmt: skip
+    whole = read(run_eval(tiny(tmp_path, *sampled, "experiment=a"), backend=hf_backend))
+    small = read(run_eval(tiny(tmp_path, *sampled, "experiment=b", "batch_size=1",
+                               "chunk_size=1"), backend=hf_backend))  # fmt: skip
+    # A run killed after its first samples were saved: resume it (rounds.jsonl left out too).
+    shutil.copytree(tmp_path / "a", tmp_path / "c", ignore=shutil.ignore_patterns(".lock*"))
+    lines = (tmp_path / "c" / "samples.jsonl").read_text().splitlines(keepends=True)
+    (tmp_path / "c" / "samples.jsonl").write_text("".join(lines[:2]))
+    resumed = read(run_eval(tiny(tmp_path, *sampled, "experiment=c"), backend=hf_backend))
+    text = {record_key(r)[4:]: r["text"] for r in whole}
+    assert {record_key(r)[4:]: r["text"] for r in small} == text
+    assert {record_key(r)[4:]: r["text"] for r in resumed} == text
+    assert len(set(text.values())) > 1
+
+
+@pytest.mark.vllm
+def test_vllm_samples_do_not_depend_on_chunking(tmp_path, vllm_backend):
+    sampled = ["backend=vllm", "methods=[withoutremaining]", "budgets=[16]", "data.synthetic.n=3",
+               "sampling.temperature=1.0", "sampling.n=2"]  # fmt: skip
+    whole = read(run_eval(tiny(tmp_path, *sampled, "experiment=a"), backend=vllm_backend))
+    small = read(run_eval(tiny(tmp_path, *sampled, "experiment=b", "chunk_size=1"),
+                          backend=vllm_backend))  # fmt: skip
+    text = {record_key(r)[4:]: r["text"] for r in whole}
+    assert {record_key(r)[4:]: r["text"] for r in small} == text
+    assert len(set(text.values())) > 1
