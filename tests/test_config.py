@@ -53,7 +53,7 @@ def test_overrides_are_typed_and_nested():
         ("sampling.temprature=1", "unknown config key 'sampling.temprature'"),
         ("budgets=[a]", "budgets[0] must be an integer"),
         ("two_stage=maybe", "two_stage must be true or false"),
-        ("backend=tpu", "backend must be 'hf' or 'vllm'"),
+        ("backend=tpu", "backend must be 'hf'"),
         ("sampling.n=4", "needs sampling.temperature > 0"),
         ("noequals", "key=value"),
         ("data.limit=0", "limit must be positive"),
