@@ -198,3 +198,27 @@ def test_cli_problems_easy_synthetic_level_and_bad_limit():
     args = parser.parse_args(["--data", "synthetic", "--out", "x", "--limit", "0"])
     with pytest.raises(UserError, match="--limit must be positive"):
         load_search_problems(args)
+
+
+@pytest.mark.slow
+def test_real_search_on_the_embedded_model(tmp_path, hf_backend, tokenizer):
+    """Easy synthetic problems (the amount is stated in the question) on the embedded model:
+    the search file gets a row per problem, and the stats add up."""
+    from budgetthinker.preparation.tale_search import BackendAnswerer, GraderJudge
+    from budgetthinker.synthetic import synthetic_problems
+
+    problems = [SearchProblem(p.id, p.question, p.answer)
+                for p in synthetic_problems(4, 0, 0, "easy")]  # fmt: skip
+    answerer = BackendAnswerer(hf_backend, tokenizer, max_new_tokens=48)
+    judge = GraderJudge(workers=1)
+    try:
+        stats = search(problems, answerer, judge, tmp_path / "s.jsonl", progress=False)
+    finally:
+        judge.close()
+    rows = read_rows(tmp_path / "s.jsonl")
+    assert sorted(r["id"] for r in rows) == sorted(p.id for p in problems)
+    assert stats.searched + stats.no_reduction + stats.skipped == 4
+    for row in rows:
+        assert 0 < row["vanilla"]["tokens"] <= 48 and row["vanilla"]["text"]
+        if row["status"] != "skipped":
+            assert row["budget_list"][0] == row["vanilla"]["tokens"]
