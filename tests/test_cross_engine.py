@@ -72,3 +72,45 @@ def test_hf_and_vllm_agree_token_for_token(hf_backend, vllm_backend, spec, promp
     assert forced_total >= 10
     assert sum(bool(analyse(o, spec, None).control_positions) for o in vllm_outs) >= 4
     assert suffixes_forced >= 1
+
+
+def test_s1_rounds_and_entropies_agree_across_engines(hf_backend, vllm_backend, spec, tokenizer):
+    """s1 (stops, continuations, min_tokens, the ignore string) gives the same greedy tokens on
+    both engines, and both report the same per-token entropies (vLLM: from full-vocabulary
+    logprobs; transformers: from the processed logits)."""
+    from budgetthinker.delimiters import detect
+    from budgetthinker.evaluation.methods import SampleContext, get_method
+    from budgetthinker.evaluation.runner import run_episodes
+    from budgetthinker.generation import GenRequest
+
+    prompts = [
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True
+        )
+        for q in ("What is 2 + 3?", "Name a colour.")
+    ]
+    ids = [tokenizer.encode(p, add_special_tokens=False) for p in prompts]
+    methods = [
+        get_method({"name": "s1", "thinking_n_ignore": 2, "thinking_n_ignore_str": "Wait",
+                    "max_gen_toks": 6}),
+        get_method({"name": "s1", "variant": "tutorial", "max_gen_toks": 6}),
+    ]  # fmt: skip
+
+    def outcomes(backend):
+        episodes = [
+            m.episode(SampleContext(prompt_ids=p, budget=b, tokenizer=tokenizer, spec=spec,
+                                    delimiters=detect(tokenizer, spec), max_new_tokens=None,
+                                    eos_ids=frozenset(hf_backend.eos_ids)))
+            for m in methods for p in ids for b in (6, 30)
+        ]  # fmt: skip
+        return run_episodes(episodes, backend, batch_size=len(episodes))
+
+    hf, vl = outcomes(hf_backend), outcomes(vllm_backend)
+    assert [o.output_ids for o in hf] == [o.output_ids for o in vl]
+    assert any(o.extra["thinking_rounds"] > 1 for o in vl)
+
+    request = [GenRequest(ids[0], max_new_tokens=5, entropies=True, logprobs=True)]
+    [a], [b] = hf_backend.run(request), vllm_backend.run(request)
+    assert a.token_ids == b.token_ids
+    assert a.entropies == pytest.approx(b.entropies, abs=2e-3)
+    assert a.logprobs == pytest.approx(b.logprobs, abs=2e-3)
