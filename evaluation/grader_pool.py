@@ -19,6 +19,8 @@ from contextlib import suppress
 from multiprocessing.connection import wait
 from typing import Any
 
+from budgetthinker.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 READY = "ready"
@@ -59,7 +61,10 @@ class Worker:
         or died (then it is dead: kill it and start another)."""
         if not self.ready:
             if not self.conn.poll(STARTUP_LIMIT_S):
-                raise RuntimeError(f"a grading worker did not start within {STARTUP_LIMIT_S:.0f} s")
+                raise UserError(
+                    f"a grading worker did not start within {STARTUP_LIMIT_S:.0f} s "
+                    "(machine overloaded?)"
+                )
             self._started(self.conn.recv())
         self.conn.send((0, item))
         try:
@@ -134,9 +139,17 @@ class Pool:
             for w in list(self.workers):
                 if now < w.deadline:
                     continue
+                if not w.ready and w.conn.poll(0):
+                    # Started long ago (the pool outlived its start-up limit while the model
+                    # generated); its "ready" was waiting in the pipe.
+                    w._started(w.conn.recv())
+                    give_work(w)
+                    continue
                 if not w.ready:
-                    raise RuntimeError(
-                        f"a grading worker did not start within {STARTUP_LIMIT_S:.0f} s"
+                    raise UserError(
+                        f"a grading worker did not start within {STARTUP_LIMIT_S:.0f} s (machine "
+                        "overloaded?); rerun to resume, or set grading.workers=1 to grade "
+                        "in-process"
                     )
                 if w.index is not None:
                     logger.warning(

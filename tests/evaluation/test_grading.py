@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 import signal
 import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -522,3 +524,22 @@ def test_compat_seed_grades_with_the_original_rule():
     assert EvalConfig().grading.extraction == "default"
     chosen = EvalConfig(compat=["seed"], grading=GradingConfig(extraction="seed"))
     assert chosen.grading.extraction == "seed"
+
+
+def test_pool_outliving_its_startup_limit_still_grades(monkeypatch):
+    """The evaluation keeps its grading pool across chunks while the model generates for minutes;
+    a worker whose "ready" waited in the pipe past the start-up limit is ready, not failed
+    (this once stopped a default run after 34 minutes)."""
+    from budgetthinker.evaluation import grader_pool
+
+    monkeypatch.setattr(grader_pool, "STARTUP_LIMIT_S", 0.5)
+    pool = grader_pool.Pool(1, {"timeout": 5.0, "fast_path": True, "extraction": "default"})
+    try:
+        [worker] = pool.workers
+        assert worker.conn.poll(120)  # started and said so; nobody has read it yet
+        time.sleep(0.6)  # the start-up deadline is long gone
+        items = [(r"\boxed{2}", "2", None, None)]
+        [result] = pool.run(items, 30.0, SimpleNamespace(update=lambda: None), lambda *_: None)
+        assert result.correct and result.rule == "boxed"
+    finally:
+        pool.close()
