@@ -91,6 +91,7 @@ def write_comparison(out_dir: Path, records: Sequence[dict]) -> Path | None:
             cells = [_cell(getattr(m, attr), fmt) for attr, _, fmt in ADHERENCE]
             md.append(f"| {label(point)} | {point['budget']} | " + " | ".join(cells) + " |")
         md.append("")
+    md += _estimate_section(records)
     md += ["## s1 metrics per sweep", "",
            "| sweep | points | Control | Scaling (acc pts / 1k tokens) | Performance |",
            "|---|---|---|---|---|"]  # fmt: skip
@@ -102,6 +103,30 @@ def write_comparison(out_dir: Path, records: Sequence[dict]) -> Path | None:
     _atomic_write(path, text)
     _atomic_write(out_dir / "report.html", _html(text, images))
     return path
+
+
+def _estimate_section(records: Sequence[dict]) -> list[str]:
+    """TALE-EP-style methods choose their own budget: how often the estimate could be used (the
+    model wrote a parsable `[[N]]` in range) and what budget was actually used, per sweep point.
+    Their accuracy-vs-tokens points above already sit at their own mean thinking tokens."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if "tale_estimate_status" in r:
+            key = (r.get("method"), r.get("benchmark"), r.get("budget"))
+            groups.setdefault(key, []).append(r)
+    if not groups:
+        return []
+    md = ["## Budget estimates (TALE-EP)", "",
+          "| method | benchmark | budget | n | estimate in range | mean budget used | "
+          "mean thinking tokens |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (method, benchmark, budget), rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        in_range = sum(bool(r.get("tale_estimate_in_range")) for r in rs) / len(rs)
+        used = [r["tale_budget"] for r in rs if r.get("tale_budget") is not None]
+        used_cell = f"{sum(used) / len(used):.0f}" if used else "—"
+        think = sum(r.get("thinking_tokens", 0) for r in rs) / len(rs)
+        md.append(f"| {method} | {benchmark} | {budget} | {len(rs)} | {in_range:.0%} | "
+                  f"{used_cell} | {think:.1f} |")  # fmt: skip
+    return [*md, ""]
 
 
 def _pareto_plot(image: Path, benchmark: str, rows, label) -> None:

@@ -67,3 +67,23 @@ def test_empty_records_write_nothing(tmp_path):
     assert write_comparison(tmp_path, []) is None
     with pytest.raises(FileNotFoundError):
         (tmp_path / "report.md").read_text()
+
+
+def test_report_shows_tale_ep_estimates(tmp_path):
+    """TALE-EP samples carry their estimate; the report gives the in-range rate and the budget
+    actually used per sweep point (fallbacks count as out of range)."""
+    extra = [
+        {"tale_estimate": 40, "tale_estimate_status": "ok", "tale_estimate_in_range": True,
+         "tale_budget": 40},
+        {"tale_estimate": None, "tale_estimate_status": "unparsable",
+         "tale_estimate_in_range": False, "tale_budget": 64},
+    ]  # fmt: skip
+    records = [
+        {**record("tale_ep", 64, t, True, pid=f"p{i}"), **e}
+        for i, (t, e) in enumerate(zip((30, 50), extra, strict=True))
+    ]
+    text = write_comparison(tmp_path, [*RECORDS, *records]).read_text()
+    assert "## Budget estimates (TALE-EP)" in text
+    assert "| tale_ep | org/math | 64 | 2 | 50% | 52 | 40.0 |" in text
+    plain = write_comparison(tmp_path / "plain", RECORDS).read_text()
+    assert "Budget estimates" not in plain
