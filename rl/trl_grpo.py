@@ -273,6 +273,8 @@ def train(cfg: RLConfig) -> dict[str, Any]:
     t = cfg.trainer
     # Sequences per forward/backward pass; the optimiser step accumulates the global batch.
     micro = t.micro_batch_size or t.global_batch_size * n
+    # transformers 5 dropped `logging_dir`; its TensorBoard callback reads this variable.
+    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out_dir / "logs"))
     args = GRPOConfig(
         output_dir=str(out_dir),
         num_generations=n,
@@ -300,7 +302,6 @@ def train(cfg: RLConfig) -> dict[str, Any]:
         eval_strategy="epoch" if val_rows else "no",
         per_device_eval_batch_size=n * max(1, min(len(val_rows), t.global_batch_size)),
         report_to=[r.strip() for r in t.report_to.split(",") if r.strip()] or "none",
-        logging_dir=str(out_dir / "logs"),
         disable_tqdm=False,
     )
     rollout = BudgetRollout(spec, tokenizer, cfg)
