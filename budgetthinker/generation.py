@@ -32,6 +32,7 @@ import hashlib
 import importlib
 import importlib.util
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -214,12 +215,13 @@ def suppressed_ids(request: GenRequest, eos_ids: set[int], generated: int) -> li
     return sorted(set(eos_ids) | set(request.stop_token_ids))
 
 
-class Backend:
+class Backend(ABC):
     """What every engine adapter shares: `generate` (token ids only) over the adapter's `run`."""
 
     name = "base"
     spec: ControlSpec | None = None
 
+    @abstractmethod
     def run(
         self,
         requests: Sequence[GenRequest],
@@ -229,7 +231,7 @@ class Backend:
         batch_size: int = 16,
         progress=None,
     ) -> list[GenResult]:
-        raise NotImplementedError
+        """One generation round for every request, batched as the engine likes, in order."""
 
     def generate(
         self,
@@ -267,6 +269,7 @@ class Backend:
 
     def close(self) -> None:
         """Shut the engine down (nothing to do by default)."""
+        return  # optional hook
 
 
 @dataclass

@@ -21,6 +21,7 @@ Each parameterised method gets a stable display name (`s1[thinking_n_ignore=2,â€
 from __future__ import annotations
 
 import importlib
+from abc import ABC, abstractmethod
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -85,7 +86,7 @@ class Outcome:
 Episode = Generator[GenRequest, GenResult, Outcome]
 
 
-class Method:
+class Method(ABC):
     """Base of every method; subclasses set `name`, `description`, `defaults` and `episode`."""
 
     name: ClassVar[str] = ""
@@ -108,6 +109,7 @@ class Method:
 
     def validate(self) -> None:
         """Check the parameters; raise `UserError` naming the fix."""
+        return  # optional hook
 
     @property
     def display_name(self) -> str:
@@ -131,13 +133,15 @@ class Method:
         settings = BudgetSettings(budget=budget, two_stage=two_stage)
         return max_new_tokens or default_max_new_tokens(settings, spec)
 
+    @abstractmethod
     def prompt(
         self, tokenizer, question: str, budget: int, mode: Mode | None, system_line: bool = True
     ) -> str:
-        raise NotImplementedError
+        """The rendered first-round prompt text (the runner encodes it once per sample)."""
 
+    @abstractmethod
     def episode(self, ctx: SampleContext) -> Episode:
-        raise NotImplementedError
+        """A generator yielding one `GenRequest` per round and returning the `Outcome`."""
 
 
 METHODS: dict[str, type[Method]] = {}

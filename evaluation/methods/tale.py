@@ -22,6 +22,7 @@ the estimate was used as given.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from typing import Any, ClassVar
 
 from budgetthinker.control_spec import ControlSpec, Mode
@@ -67,9 +68,9 @@ class TaleMethod(Method):
     def max_total_tokens(self, budget, max_new_tokens, spec, two_stage) -> int:
         return max_new_tokens or DEFAULT_CAP
 
+    @abstractmethod
     def text(self, question: str, budget: int) -> str:
         """The TALE prompt before rendering."""
-        raise NotImplementedError
 
     def prompt(
         self, tokenizer, question: str, budget: int, mode: Mode | None, system_line: bool = True
