@@ -49,10 +49,12 @@ def add_prepare_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--embedding-init",
-        choices=("mean", "resized"),
+        choices=("mean", "text", "resized"),
         default="mean",
-        help="mean: new embedding rows at the mean of the existing rows (default); resized: the "
-        "original, rows left as resize_token_embeddings(len(tokenizer)) leaves them",
+        help="mean: new embedding rows at the mean of the existing rows (default); text: each new "
+        "row at the mean of the rows of its own string's pieces (control tokens start distinct, "
+        "a new </think> starts with a usable logit); resized: the original, rows left as "
+        "resize_token_embeddings(len(tokenizer)) leaves them",
     )
 
 

@@ -6,6 +6,9 @@
 Stages (each a `budgetthinker` command in its environment, chained by `budgetthinker.pipeline`,
 so a rerun resumes at the first unfinished one):
 
+0. `prepare` (only with `embedding_init` other than `mean`): the embedded base prepared for
+   8ratio with that embedding init, the model every arm starts from (with `mean`, the embedded
+   default itself);
 1. `sft-traces`: synthetic traces whose thinking lengths vary several-fold (re-check rounds);
 2. `sft-data` twice from those traces: arm (a) `control` (8ratio control tokens + the 8ratio tip)
    and arm (b) `plain` (the same traces and budgets, the plain budget tip, no control tokens);
@@ -86,6 +89,9 @@ class EvalOptions:
 class ExperimentConfig:
     run_dir: str = "runs/experiment_cpu"
     budget_rule: str = "v1"
+    # how the new token rows of the model all three start from are initialised (`budgetthinker
+    # prepare --embedding-init`): mean (the embedded default) or text
+    embedding_init: str = "mean"
     traces: TracesOptions = field(default_factory=TracesOptions)
     sft: SFTOptions = field(default_factory=SFTOptions)
     eval: EvalOptions = field(default_factory=EvalOptions)
@@ -93,6 +99,8 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if self.budget_rule not in ("v1", "v2"):
             raise ValueError(f"budget_rule must be v1 or v2, got {self.budget_rule!r}")
+        if self.embedding_init not in ("mean", "text"):
+            raise ValueError(f"embedding_init must be mean or text, got {self.embedding_init!r}")
 
 
 @dataclass(frozen=True)
@@ -112,6 +120,7 @@ ARMS = (
 )  # fmt: skip
 UNTRAINED = "untrained"
 UNTRAINED_METHODS = ("control", "withoutremaining")
+CLOSE_ROWS = 16  # training rows per dataset for the `</think>` log-probability
 
 
 def load(path: str, overrides: list[str]) -> ExperimentConfig:
@@ -127,6 +136,8 @@ class Experiment:
         self.core_bin, self.sft_bin = core_bin, sft_bin
         self.traces = self.run_dir / "traces.jsonl"
         self.data_dir = self.run_dir / "data"
+        # the model the untrained row evaluates and both arms start from
+        self.base = "default" if cfg.embedding_init == "mean" else str(self.run_dir / "base")
 
     def model_dir(self, arm: Arm) -> Path:
         return self.run_dir / "models" / arm.name
@@ -157,9 +168,16 @@ class Experiment:
                 ],
             )
         ]
+        if self.base != "default":
+            stages.insert(0, Stage(
+                "prepare",
+                Path(self.base) / "config.json",
+                [self.core_bin, "prepare", "--base", "default", "--mode", "8ratio", "--out",
+                 self.base, "--embedding-init", cfg.embedding_init],
+            ))  # fmt: skip
         control, plain = ARMS
         stages += self._arm_stages(control)
-        stages.append(self._eval_stage(UNTRAINED, "default", UNTRAINED_METHODS))
+        stages.append(self._eval_stage(UNTRAINED, self.base, UNTRAINED_METHODS))
         stages += self._arm_stages(plain)
         evals = [str(self.eval_dir(n)) for n in (UNTRAINED, *(a.name for a in ARMS))]
         stages.append(
@@ -189,7 +207,7 @@ class Experiment:
                 self.core_bin,
                 "sft-data",
                 "--model",
-                "default",
+                self.base,
                 "--traces",
                 str(self.traces),
                 "--out",
@@ -204,7 +222,8 @@ class Experiment:
         sft = Stage(
             f"sft_{arm.name}",
             self.model_dir(arm) / "config.json",
-            [self.sft_bin, "sft", "--config", cfg.sft.recipe, f"dataset={arm.name}",
+            [self.sft_bin, "sft", "--config", cfg.sft.recipe, f"model_name_or_path={self.base}",
+             f"dataset={arm.name}",
              f"dataset_dir={self.data_dir}", f"output_dir={self.model_dir(arm)}",
              f"max_steps={cfg.sft.max_steps}", f"seed={cfg.sft.seed}", *cfg.sft.overrides],
             check=lambda: self._check_sft_recipe(),
@@ -281,6 +300,23 @@ class Experiment:
         history = json.loads(path.read_text()).get("log_history", [])
         return [e["loss"] for e in history if "loss" in e]
 
+    def close_logprobs(self, n: int = CLOSE_ROWS) -> dict[str, dict[str, float]]:
+        """Per model and dataset: the mean log-probability the model gives `</think>` where the
+        dataset's thinking ends (first `n` rows). Within-B needs the model to write `</think>`
+        itself, so this says whether training reached that token at all, independently of
+        generation (run 1 of 2026-11-29: −19 untrained, −8.8 after 24 steps, with mean init)."""
+        data = {arm.name: self.data_dir / f"{arm.name}.jsonl" for arm in ARMS}
+        if not all(path.is_file() for path in data.values()):
+            return {}
+        models = {UNTRAINED: self.base, **{arm.name: str(self.model_dir(arm)) for arm in ARMS}}
+        rows = {name: read_samples(path)[:n] for name, path in data.items()}
+        out = {}
+        for name, model in models.items():
+            if model != "default" and not (Path(model) / "config.json").is_file():
+                continue
+            out[name] = think_end_logprobs(model, rows)
+        return out
+
     def write_report(self) -> None:
         rows = self.rows()
         if not rows:
@@ -293,6 +329,40 @@ class Experiment:
         tmp.write_text(text)
         tmp.replace(self.run_dir / "report.md")
         print(text)
+
+
+def think_end_logprobs(model: str, datasets: dict[str, list[dict]]) -> dict[str, float]:
+    """Mean log p(`</think>`) at the position where each row's thinking ends (teacher-forced on
+    the row's own prompt, rendered by the chat template, and answer), per dataset."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from budgetthinker.control_spec import load_spec
+    from budgetthinker.preparation.embedded_model import default_prepared_dir
+
+    path = default_prepared_dir() if model == "default" else Path(model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    end = load_spec(path).think_end_id
+    result = {}
+    for name, rows in datasets.items():
+        values = []
+        for row in rows:
+            prompt = tokenizer.apply_chat_template(
+                [{"role": "user", "content": row["instruction"]}],
+                tokenize=False,
+                add_generation_prompt=True,
+            )
+            ids = tokenizer.encode(prompt + row["output"], add_special_tokens=False)
+            if end not in ids:
+                continue
+            at = ids.index(end)
+            with torch.no_grad():
+                logits = lm(torch.tensor([ids[:at]])).logits[0, -1].float()
+            values.append(logits.log_softmax(-1)[end].item())
+        if values:
+            result[name] = sum(values) / len(values)
+    return result
 
 
 def read_samples(path: Path) -> list[dict]:
@@ -359,6 +429,18 @@ def render_report(exp: Experiment, rows: list[dict]) -> str:
             parts.append(f"- {arm.label}: {losses[0]:.3f} → {losses[-1]:.3f} "
                          f"({len(losses)} steps; last 5: "
                          f"{', '.join(f'{x:.3f}' for x in losses[-5:])})")  # fmt: skip
+    close = exp.close_logprobs()
+    if close:
+        labels = {UNTRAINED: "untrained", **{arm.name: arm.label for arm in ARMS}}
+        parts += ["", "## Does the model write `</think>` where training ends thinking?", "",
+                  f"Mean log p(`</think>`) at the end of the thinking of the first {CLOSE_ROWS} "
+                  "training rows of each dataset, teacher-forced (0 = certain; within B needs "
+                  "the model to write it itself).", "",
+                  "| model | on (a) control data | on (b) plain data |",
+                  "|---|---|---|"]  # fmt: skip
+        for name, values in close.items():
+            cells = [f"{values[a.name]:.2f}" if a.name in values else "–" for a in ARMS]
+            parts.append(f"| {labels[name]} | {' | '.join(cells)} |")
     parts += ["", "## Wall time per stage (s)", "", "| stage | seconds |", "|---|---|"]
     parts += [f"| {name} | {seconds:.0f} |" for name, seconds in timings.items()]
     parts.append(f"| total | {sum(timings.values()):.0f} |")

@@ -4,9 +4,14 @@ SPEC §1: token strings and their order are faithful (level 1 first, so on the D
 tokenizer 1/8…7/8 get ids 151665…151671); `<think>`/`</think>` are added when the tokenizer lacks
 them. Improved: new embedding rows (input and output) start at the mean of the existing rows
 instead of whatever padding rows happened to be there, and a grown vocabulary is padded to a
-multiple of 64. `embedding_init="resized"` is the original (compat): only
-`model.resize_token_embeddings(len(tokenizer))`, so on DeepSeek-R1-Distill-Qwen the matrix shrinks
-from 151936 to 151672 rows and the control tokens keep the checkpoint's untrained padding rows.
+multiple of 64. `embedding_init="text"` starts each new row at the mean of the rows of the pieces
+its own string splits into in the base vocabulary (`</think>` → `</`, `think`, `>`), so the
+control tokens start apart from each other (7/8 ≠ 1/8) and a new `</think>` starts with a usable
+output logit (the CPU evidence experiment, docs/experiment_cpu_2026-11-29.md, found the mean row
+too far from any context for 24 steps of SFT to teach it). `embedding_init="resized"` is the
+original (compat): only `model.resize_token_embeddings(len(tokenizer))`, so on
+DeepSeek-R1-Distill-Qwen the matrix shrinks from 151936 to 151672 rows and the control tokens keep
+the checkpoint's untrained padding rows.
 """
 
 from __future__ import annotations
@@ -28,8 +33,9 @@ from budgetthinker.outputs import check_writable, publish_dir, staging_dir
 from budgetthinker.preparation.embedded_model import resolve_base
 
 VOCAB_MULTIPLE = 64
-EMBEDDING_INITS = ("mean", "resized")
-"""`mean`: new rows at the mean of the existing ones (improved); `resized`: the original's
+EMBEDDING_INITS = ("mean", "text", "resized")
+"""`mean`: new rows at the mean of the existing ones (improved); `text`: each new row at the mean
+of the rows of its own string's pieces in the base vocabulary; `resized`: the original's
 `resize_token_embeddings(len(tokenizer))` and nothing more."""
 
 
@@ -52,8 +58,8 @@ def prepare_model(
     if embedding_init not in EMBEDDING_INITS:
         raise UserError(
             f"unknown embedding init {embedding_init!r}; use mean (new rows at the mean of the "
-            "existing rows) or resized (the original: rows left as resize_token_embeddings leaves "
-            "them)"
+            "existing rows), text (each new row at the mean of its own string's pieces) or "
+            "resized (the original: rows left as resize_token_embeddings leaves them)"
         )
     if not noise >= 0:
         raise UserError(f"--noise must be >= 0 (0 = rows exactly at the mean), got {noise}")
@@ -100,7 +106,8 @@ def prepare_model(
     if embedding_init == "resized":
         model.resize_token_embeddings(len(tokenizer))  # the original's one line
     else:
-        _grow_embeddings(model, len(tokenizer), old_len, new_ids, noise, seed)
+        pieces = _base_pieces(tokenizer, new_ids, old_len) if embedding_init == "text" else None
+        _grow_embeddings(model, len(tokenizer), old_len, new_ids, noise, seed, pieces)
     out.parent.mkdir(parents=True, exist_ok=True)
     with staging_dir(out.parent, "prepare") as tmp:
         staged = tmp / "model"
@@ -156,9 +163,34 @@ def _is_single_token(tokenizer, text: str) -> bool:
     return len(ids) == 1 and tokenizer.convert_ids_to_tokens(ids[0]) == text
 
 
-def _grow_embeddings(model, vocab: int, old_len: int, new_ids: list[int], noise: float, seed: int):
+def _base_pieces(tokenizer, new_ids: list[int], old_len: int) -> list[list[int]]:
+    """For each new token, the ids its string splits into when no added token is matched:
+    pieces of the base vocabulary only (every id below `old_len`)."""
+    pieces = []
+    for tid in new_ids:
+        text = tokenizer.convert_ids_to_tokens(tid)
+        ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+        if not ids or max(ids) >= old_len:
+            raise UserError(
+                f"the base tokenizer cannot spell {text!r} with its own vocabulary, so "
+                "--embedding-init text has no pieces to start from; use --embedding-init mean"
+            )
+        pieces.append(ids)
+    return pieces
+
+
+def _grow_embeddings(
+    model,
+    vocab: int,
+    old_len: int,
+    new_ids: list[int],
+    noise: float,
+    seed: int,
+    pieces: list[list[int]] | None = None,
+):
     """Make room for `vocab` tokens (padded to a multiple of 64) and set the rows of the new
-    tokens to the mean of the rows of the `old_len` existing tokens (input and output)."""
+    tokens (input and output) to the mean of the rows of the `old_len` existing tokens, or, with
+    `pieces`, each to the mean of the rows of its own pieces."""
     import torch
 
     rows = model.get_input_embeddings().weight.shape[0]
@@ -175,7 +207,10 @@ def _grow_embeddings(model, vocab: int, old_len: int, new_ids: list[int], noise:
     with torch.no_grad():
         for weight in matrices:
             mean = weight[:old_len].float().mean(dim=0)
-            fill = mean.expand(len(new_ids), -1).clone()
+            if pieces is None:
+                fill = mean.expand(len(new_ids), -1).clone()
+            else:
+                fill = torch.stack([weight[ids].float().mean(dim=0) for ids in pieces])
             if noise > 0:
                 fill += noise * mean.abs().mean() * torch.randn(fill.shape, generator=gen)
             weight[index] = fill.to(weight.dtype)

@@ -26,20 +26,37 @@ def _stages(tmp_path, *overrides):
 def test_stage_chain_outputs_feed_the_next_inputs(tmp_path):
     stages = _stages(tmp_path)
     assert list(stages) == [
-        "traces", "data_control", "sft_control", "eval_control", "eval_untrained",
+        "prepare", "traces", "data_control", "sft_control", "eval_control", "eval_untrained",
         "data_plain", "sft_plain", "eval_plain", "comparison", "report",
     ]  # fmt: skip
+    # the recipe's embedding init gets its own prepared model, which all three start from
+    prepare = stages["prepare"].command
+    assert prepare[-2:] == ["--embedding-init", "text"]
+    base = prepare[prepare.index("--out") + 1]
+    assert stages["prepare"].output == Path(base) / "config.json"
     traces = str(stages["traces"].output)
     for arm in ("control", "plain"):
         data, sft, ev = stages[f"data_{arm}"], stages[f"sft_{arm}"], stages[f"eval_{arm}"]
         assert data.command[data.command.index("--traces") + 1] == traces
+        assert data.command[data.command.index("--model") + 1] == base
+        assert f"model_name_or_path={base}" in sft.command
         assert f"dataset={arm}" in sft.command
         assert f"dataset_dir={data.output.parent}" in sft.command
         assert f"model={sft.output.parent}" in ev.command
-    assert stages["eval_untrained"].command.count("model=default") == 1
+    assert stages["eval_untrained"].command.count(f"model={base}") == 1
     assert "methods=[control,withoutremaining]" in stages["eval_untrained"].command
     runs = [str(stages[f"eval_{n}"].output.parent) for n in ("untrained", "control", "plain")]
     assert stages["comparison"].command[2:5] == runs
+
+
+def test_mean_init_starts_from_the_embedded_default(tmp_path):
+    stages = _stages(tmp_path, "embedding_init=mean")
+    assert "prepare" not in stages
+    assert stages["data_control"].command[stages["data_control"].command.index("--model") + 1] == (
+        "default"
+    )
+    assert "model_name_or_path=default" in stages["sft_plain"].command
+    assert "model=default" in stages["eval_untrained"].command
 
 
 def test_arms_differ_only_in_data_and_method(tmp_path):
@@ -76,6 +93,7 @@ def test_overrides_reach_the_commands(tmp_path):
         ("traces.checks=[3,1]", "traces.checks"),
         ("eval.budgets=[0]", "eval.budgets"),
         ("budget_rule=v3", "budget_rule"),
+        ("embedding_init=zeros", "embedding_init must be mean or text"),
     ],
 )
 def test_bad_recipe_values_name_the_key(tmp_path, override, message):

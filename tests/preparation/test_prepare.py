@@ -51,6 +51,29 @@ def test_prepared_default_model(prepared_model, spec, tokenizer):
     torch.testing.assert_close(emb[:old], _embeddings(default_base_dir())[:old])
 
 
+def test_text_init_starts_each_row_at_its_own_pieces(tmp_path):
+    """`--embedding-init text` on the embedded model: each new row is the mean of the base rows
+    its string spells out to (`</think>` → `</`, `think`, `>`), so the control tokens start
+    distinct, unlike `mean` where all nine new rows are one vector."""
+    from transformers import AutoTokenizer
+
+    spec = prepare_model("default", "8ratio", tmp_path / "text", quiet=True, embedding_init="text")
+    base = AutoTokenizer.from_pretrained(default_base_dir())
+    base_emb = _embeddings(default_base_dir())
+    emb = _embeddings(tmp_path / "text")
+    new = (*spec.token_ids, spec.think_start_id, spec.think_end_id)
+    strings = (*spec.token_strings, spec.think_start, spec.think_end)
+    assert base.convert_ids_to_tokens(base.encode("</think>", add_special_tokens=False)) == [
+        "</", "think", ">"
+    ]  # fmt: skip
+    for tid, text in zip(new, strings, strict=True):
+        pieces = base.encode(text, add_special_tokens=False)
+        assert len(pieces) > 1
+        torch.testing.assert_close(emb[tid], base_emb[pieces].mean(dim=0), atol=1e-6, rtol=1e-5)
+    assert len({tuple(emb[tid].tolist()) for tid in new}) == len(new)  # all distinct
+    torch.testing.assert_close(emb[:49152], base_emb[:49152])
+
+
 def test_prepare_again_is_a_noop_and_other_mode_is_an_error(prepared_model, tmp_path):
     out = tmp_path / "copy"
     spec = prepare_model(str(prepared_model), "8ratio", out, quiet=True)
@@ -101,7 +124,7 @@ def test_real_deepseek_tokenizer_ids():
 
 
 @pytest.mark.skipif(not SHARED_TOKENIZER.is_dir(), reason="shared/ tokenizer copy not present")
-@pytest.mark.parametrize("init", ["mean", "resized"])
+@pytest.mark.parametrize("init", ["mean", "text", "resized"])
 def test_embedding_init_switch_on_the_deepseek_layout(tmp_path, init):
     """A small model with DeepSeek-R1-Distill-Qwen's layout (151936 embedding rows, a tokenizer
     of 151665): `resized` is the original's resize to len(tokenizer) — the matrix shrinks to
@@ -137,9 +160,19 @@ def test_embedding_init_switch_on_the_deepseek_layout(tmp_path, init):
     if init == "resized":
         assert weight.shape[0] == after.get_output_embeddings().weight.shape[0] == 151672
         assert torch.equal(weight[ids], before[ids])  # the padding rows, as they were
-    else:
+    elif init == "mean":
         assert weight.shape[0] == 151936
         mean = before[:151665].float().mean(dim=0)
         assert torch.allclose(weight[ids], mean.expand(len(ids), -1), atol=1e-6)
+    else:  # text: each control token at the mean of the base rows its string spells out to
+        from transformers import AutoTokenizer
+
+        assert weight.shape[0] == 151936
+        tokenizer = AutoTokenizer.from_pretrained(SHARED_TOKENIZER)
+        for tid, text in zip(ids, spec.token_strings, strict=True):
+            pieces = tokenizer.encode(text, add_special_tokens=False)
+            assert len(pieces) > 1 and max(pieces) < 151665
+            assert torch.allclose(weight[tid], before[pieces].float().mean(dim=0), atol=1e-6)
+        assert not torch.allclose(weight[ids[0]], weight[ids[-1]])
     with pytest.raises(UserError, match="unknown embedding init 'zeros'"):
         prepare_model(str(base), "8ratio", tmp_path / "x", quiet=True, embedding_init="zeros")

@@ -31,6 +31,11 @@ def test_two_step_smoke_of_the_script(tmp_path):
     for label in ("untrained", ARMS[0].label, ARMS[1].label):
         assert f"| 64 | {label} |" in report
     assert "| sft_control |" in report and "| eval_plain |" in report  # stage wall times
+    # log p(</think>) where the training thinking ends, for all three models on both datasets
+    close = report.split("## Does the model write `</think>`", 1)[1].split("##", 1)[0]
+    for label in ("untrained", ARMS[0].label, ARMS[1].label):
+        cells = next(x for x in close.splitlines() if x.startswith(f"| {label} |")).split("|")
+        assert all(float(c) < 0 for c in cells[2:4]), close
     assert (run / "evidence.png").stat().st_size > 0
     assert (run / "comparison" / "report.md").is_file()
     for arm in ("control", "plain"):
@@ -46,4 +51,4 @@ def test_two_step_smoke_of_the_script(tmp_path):
     # a rerun finds every stage done and runs nothing
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr[-2000:]
-    assert again.stderr.count("skipped") == 10, again.stderr[-2000:]
+    assert again.stderr.count("skipped") == 11, again.stderr[-2000:]
