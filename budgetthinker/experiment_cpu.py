@@ -448,19 +448,24 @@ def render_report(exp: Experiment, rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path, training_budgets: dict[str, int]) -> None:
-    """Within-B share, |t−B|/B and accuracy against the budget, one line per model; the budgets
-    the SFT data covered are shaded."""
+    """Within-B share, |t−B|/B, mean thinking (against the line thinking = B) and accuracy
+    against the budget, one line per model; the budgets the SFT data covered are shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = plt.subplots(1, 4, figsize=(19, 4.4))
     series = defaultdict(list)
     for r in rows:
         series[(r["model"], r["method"])].append(r)
+    budgets = sorted({r["budget"] for r in rows})
     panels = (("within_budget", "share ending thinking within B"),
-              ("rel_deviation", "mean |thinking − B| / B"), ("accuracy", "accuracy"))  # fmt: skip
+              ("rel_deviation", "mean |thinking − B| / B"),
+              ("mean_thinking", "mean thinking tokens (dashed: = B)"),
+              ("accuracy", "accuracy"))  # fmt: skip
+    axes[2].plot(budgets, budgets, ls="--", color="0.5", lw=1)
     for ax, (key, title) in zip(axes, panels, strict=True):
         if training_budgets:
             trained = [int(b) for b in training_budgets]
@@ -470,6 +475,8 @@ def plot(rows: list[dict], path: Path, training_budgets: dict[str, int]) -> None
             ax.plot([p["budget"] for p in points], [p[key] for p in points], marker="o",
                     label=f"{model} · {method}")  # fmt: skip
         ax.set_xscale("log")
+        ax.set_xticks(budgets, [str(b) for b in budgets])
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("budget B (tokens)")
         ax.set_title(title)
         ax.grid(alpha=0.3)
