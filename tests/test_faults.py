@@ -37,7 +37,9 @@ def cli(*args: str, env: dict | None = None, timeout: int = 900) -> subprocess.C
 
 
 def start(*args: str) -> subprocess.Popen:
-    """A CLI run in its own process group (Ctrl-C reaches the whole group, as in a terminal)."""
+    """A CLI run in its own process group (Ctrl-C reaches the whole group, as in a terminal),
+    with SIGINT at its default as a terminal gives it: a test run started as a background job
+    (`pytest … &`) inherits SIGINT ignored, and Python then installs no KeyboardInterrupt."""
     return subprocess.Popen(
         [sys.executable, "-m", "budgetthinker.cli", *args],
         stdout=subprocess.PIPE,
@@ -45,6 +47,7 @@ def start(*args: str) -> subprocess.Popen:
         text=True,
         cwd=REPO,
         start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
