@@ -339,6 +339,7 @@ def think_end_logprobs(model: str, datasets: dict[str, list[dict]]) -> dict[str,
 
     from budgetthinker.control_spec import load_spec
     from budgetthinker.preparation.embedded_model import default_prepared_dir
+    from budgetthinker.prompts import chat_prompt
 
     path = default_prepared_dir() if model == "default" else Path(model)
     tokenizer = AutoTokenizer.from_pretrained(path)
@@ -348,11 +349,7 @@ def think_end_logprobs(model: str, datasets: dict[str, list[dict]]) -> dict[str,
     for name, rows in datasets.items():
         values = []
         for row in rows:
-            prompt = tokenizer.apply_chat_template(
-                [{"role": "user", "content": row["instruction"]}],
-                tokenize=False,
-                add_generation_prompt=True,
-            )
+            prompt = chat_prompt(tokenizer, row["instruction"])
             ids = tokenizer.encode(prompt + row["output"], add_special_tokens=False)
             if end not in ids:
                 continue

@@ -87,7 +87,12 @@ def render_prompt(
 
     A tokenizer without a chat template gets the bare user turn.
     """
-    content = user_content(problem, budget, tip, mode, system_line)
+    return chat_prompt(tokenizer, user_content(problem, budget, tip, mode, system_line))
+
+
+def chat_prompt(tokenizer, content: str) -> str:
+    """A finished user turn (e.g. an SFT row's instruction) inside the model's chat template,
+    ready for the model's answer; the bare text for a tokenizer without a chat template."""
     if not getattr(tokenizer, "chat_template", None):
         return content
     return tokenizer.apply_chat_template(

@@ -129,3 +129,44 @@ def test_report_table_from_samples(tmp_path):
     assert row["rel_deviation"] == pytest.approx((0.10 + 0.20 + 0.01) / 3)
     assert row["accuracy"] == pytest.approx(1 / 3) and row["finished"] == pytest.approx(2 / 3)
     assert "| 100 | (a) SFT with control tokens | control | 0.33 | 0.10 | 0.33 |" in table([row])
+
+
+@pytest.mark.slow
+def test_think_end_logprob_is_the_teacher_forced_value_and_text_init_raises_it(tmp_path):
+    """The report's log p(`</think>`) on the real embedded model: equal to a direct forward pass
+    over the row, and far higher with `--embedding-init text` than with `mean` — the finding of
+    run 1 (docs/experiment_cpu_2026-11-29.md) that made the recipe use `text`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from budgetthinker.experiment_cpu import think_end_logprobs
+    from budgetthinker.preparation.embedded_model import default_prepared_dir
+    from budgetthinker.preparation.prepare import prepare_model
+    from budgetthinker.synthetic import synthetic_traces
+
+    rows = []
+    for i, trace in enumerate(synthetic_traces(3, 5, 2, (0, 1))):
+        response = trace["response"]  # thinking + `</think>` + the final answer
+        assert "</think>" in response
+        rows.append({"instruction": trace["question"] + f" (budget {100 * (i + 1)})",
+                     "output": response if response.startswith("<think>")
+                     else "<think>\n" + response})  # fmt: skip
+    mean = think_end_logprobs("default", {"rows": rows})["rows"]
+
+    path = default_prepared_dir()
+    tok = AutoTokenizer.from_pretrained(path)
+    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    end, direct = tok.convert_tokens_to_ids("</think>"), []
+    for row in rows:
+        text = tok.apply_chat_template([{"role": "user", "content": row["instruction"]}],
+                                       tokenize=False, add_generation_prompt=True)  # fmt: skip
+        ids = tok.encode(text + row["output"], add_special_tokens=False)
+        cut = ids.index(end)
+        with torch.no_grad():
+            direct.append(lm(torch.tensor([ids[:cut]])).logits[0, -1].log_softmax(-1)[end].item())
+    assert mean == pytest.approx(sum(direct) / len(direct), abs=1e-4)
+
+    text_dir = tmp_path / "text"
+    prepare_model("default", "8ratio", text_dir, quiet=True, embedding_init="text")
+    text = think_end_logprobs(str(text_dir), {"rows": rows})["rows"]
+    assert mean < -12 and text > mean + 4, (mean, text)
