@@ -13,11 +13,11 @@ import sys
 
 from budgetthinker.errors import UserError
 from budgetthinker.evaluation import comparison as _comparison
+from budgetthinker.evaluation.tale import search as _tale_search
 from budgetthinker.patches import serve as _serve
-from budgetthinker.preparation import cts as _cts
-from budgetthinker.preparation import tale_search as _tale_search
 from budgetthinker.rl import cli as _rl_cli
 from budgetthinker.sft import cli as _sft_cli
+from budgetthinker.sft import cts as _cts
 from budgetthinker.sft import tale_pt as _tale_pt
 
 
@@ -108,13 +108,13 @@ def run_generate(args: argparse.Namespace) -> int:
         require_vllm,
     )
     from budgetthinker.limits import check_fits, check_positive, check_sampling
-    from budgetthinker.preparation.embedded_model import DEFAULT, default_prepared_dir
+    from budgetthinker.preparation.models import resolve_model
     from budgetthinker.prompts import render_prompt
 
     budget = _budget(args.budget)
     if args.backend == "vllm":
         require_vllm()
-    model_dir = str(default_prepared_dir()) if args.model == DEFAULT else args.model
+    model_dir = str(resolve_model(args.model, prepared=True))
     spec = load_spec(model_dir)
     settings = BudgetSettings(budget=budget, two_stage=args.two_stage)
     plan = settings.plan(spec)  # validates the budget for the model's mode before any loading
@@ -134,15 +134,11 @@ def run_generate(args: argparse.Namespace) -> int:
         "use a smaller --budget or --max-new-tokens",
         prompt_tokens=len(prompt_ids),
     )
-    if args.backend == "vllm":
-        print("Starting the vLLM engine (about 40 s on a small CPU machine)…", file=sys.stderr)
-        from budgetthinker.patches.vllm_backend import VLLMBackend
+    from budgetthinker.patches.backends import make_backend
 
-        backend = VLLMBackend(model_dir, seed=args.seed, max_model_len=len(prompt_ids) + max_new)
-    else:
-        from budgetthinker.patches.hf_backend import HFBackend
-
-        backend = HFBackend(model_dir, seed=args.seed)
+    backend = make_backend(
+        args.backend, model_dir, seed=args.seed, max_model_len=len(prompt_ids) + max_new
+    )
     try:
         [output] = backend.generate(
             [prompt_ids], [settings], [max_new], temperature=args.temperature, top_p=args.top_p

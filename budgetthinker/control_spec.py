@@ -15,6 +15,7 @@ from functools import cached_property
 from pathlib import Path
 
 from budgetthinker.errors import UserError
+from budgetthinker.outputs import atomic_json
 
 SPEC_FILENAME = "budgetthinker_spec.json"
 SPEC_FORMAT_VERSION = 1
@@ -184,9 +185,7 @@ class ControlSpec:
     def save(self, model_dir: str | os.PathLike) -> Path:
         """Write the spec atomically (temp file + rename), so a crash never leaves half a file."""
         path = Path(model_dir) / SPEC_FILENAME
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=2, ensure_ascii=False) + "\n")
-        tmp.replace(path)
+        atomic_json(path, self.to_json())
         return path
 
 

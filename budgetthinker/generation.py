@@ -1,8 +1,9 @@
 """The engine-free half of generation: what a request asks, what a result holds, the analysis
 of an output, and the shared behaviour of every backend.
 
-The engines themselves live with the adapters, one per file (`patches/hf_backend.py`,
-`patches/vllm_backend.py`, …), so `budgetthinker` imports no engine. Every backend has the same
+The engines themselves live with the adapters, one per file (`budgetthinker.patches.hf_backend`,
+`…vllm_backend`, `…openai_backend`), built by name in `budgetthinker.patches.backends`, so the core
+imports no engine. Every backend has the same
 two entry points:
 
 * `backend.run(requests, *, temperature=0.0, top_p=1.0, batch_size=16, progress=None)
@@ -39,20 +40,6 @@ from dataclasses import dataclass, field
 from budgetthinker.control_spec import ControlSpec
 from budgetthinker.errors import UserError
 from budgetthinker.forcing import FREE, Forcer, ForcingPlan, make_plan, thinking_cap
-
-BACKENDS = {
-    "hf": "budgetthinker.patches.hf_backend:HFBackend",
-    "vllm": "budgetthinker.patches.vllm_backend:VLLMBackend",
-}
-"""Backend name → `module:Class` of its adapter, imported only when asked for."""
-
-
-def backend_class(name: str) -> type[Backend]:
-    """The adapter class of a backend name (imports its engine)."""
-    if name not in BACKENDS:
-        raise UserError(f"unknown backend {name!r}; choose from {', '.join(BACKENDS)}")
-    module, _, cls = BACKENDS[name].partition(":")
-    return getattr(importlib.import_module(module), cls)
 
 
 @dataclass(frozen=True)

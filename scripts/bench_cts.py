@@ -3,7 +3,7 @@
     python scripts/bench_cts.py [--ref-model DIR|default] [--traces 16] [--checks 4] \
         [--ratios 0.9,0.8,0.7,0.6,0.5] [--iterative-size 1800] [--device auto]
 
-All ratios come from one run (window 0 is shared; see budgetthinker.preparation.cts). On a GPU
+All ratios come from one run (window 0 is shared; see budgetthinker.sft.cts). On a GPU
 node, pass a real reference model (e.g. a Qwen2.5-7B-Instruct folder) to measure the cost that
 the README's estimate stands in for.
 """
@@ -16,8 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from budgetthinker.preparation.cts import CTSOptions, compress_file
 from budgetthinker.preparation.embedded_model import DEFAULT, default_base_dir
+from budgetthinker.sft.cts import CTSOptions, compress_file
 from budgetthinker.synthetic import make_trace
 
 

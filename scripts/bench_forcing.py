@@ -642,7 +642,7 @@ def main(argv=None) -> int:
     from budgetthinker.control_spec import load_spec
 
     if args.model_dir is None:
-        from budgetthinker.preparation.embedded_model import default_prepared_dir
+        from budgetthinker.preparation.models import default_prepared_dir
 
         args.model_dir = str(default_prepared_dir("8ratio"))
     model_dir = args.model_dir

@@ -23,7 +23,7 @@ def main() -> None:
 
     from budgetthinker.generation import GenRequest
     from budgetthinker.patches.vllm_backend import VLLMBackend
-    from budgetthinker.preparation.embedded_model import default_prepared_dir
+    from budgetthinker.preparation.models import default_prepared_dir
 
     model = str(default_prepared_dir("8ratio"))
     backend = VLLMBackend(model, max_model_len=1024, max_num_seqs=args.batch,

@@ -9,7 +9,7 @@ import argparse
 import tempfile
 import time
 
-from budgetthinker.preparation.embedded_model import default_prepared_dir
+from budgetthinker.preparation.models import default_prepared_dir
 from budgetthinker.sft.data import build_dataset
 from budgetthinker.synthetic import make_trace
 

@@ -17,7 +17,6 @@ under `torch.cuda.set_sync_debug_mode("error")`, which raises on any device→ho
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import random
 import statistics
@@ -40,25 +39,12 @@ TINY_QWEN2 = dict(
 
 
 def importable_from_source() -> None:
-    """Make `budgetthinker.patches` importable from the checkout when the package is not
-    installed (pyproject maps the top-level `patches/` folder onto it)."""
+    """Make `budgetthinker` importable from a checkout that is not installed: every module lives
+    where its dotted name says, so the repository root on `sys.path` is enough."""
     try:
-        import budgetthinker.patches.forcing_slots
-
-        return
+        import budgetthinker.patches.forcing_slots  # noqa: F401
     except ImportError:
-        pass
-    sys.path.insert(0, str(REPO))
-    import budgetthinker
-
-    name = "budgetthinker.patches"
-    spec = importlib.util.spec_from_file_location(
-        name, REPO / "patches" / "__init__.py", submodule_search_locations=[str(REPO / "patches")]
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    budgetthinker.patches = module
-    spec.loader.exec_module(module)
+        sys.path.insert(0, str(REPO))
 
 
 class Clock:

@@ -19,7 +19,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from budgetthinker.preparation.embedded_model import default_prepared_dir
+from budgetthinker.preparation.models import default_prepared_dir
 
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CPU evidence experiment (thin launcher): sets up the core and sft environments if needed, then
-# runs budgetthinker.experiment_cpu — synthetic traces → SFT data with and without control tokens
+# runs budgetthinker.pipelines.experiment_cpu — synthetic traces → SFT data with and without control tokens
 # → SFT of the embedded model for each arm → evaluation of both arms and the untrained model →
 # runs/experiment_cpu/report.md, report.csv, evidence.png.
 #
@@ -21,5 +21,5 @@ bash "$repo/scripts/setup_env.sh" sft
 export TRANSFORMERS_VERBOSITY="${TRANSFORMERS_VERBOSITY:-error}"
 cd "$repo"
 # the sft environment reuses the embedded model converted by the core one
-.venv/bin/python -m budgetthinker.preparation.embedded_model >/dev/null
-exec "$repo/.venv/bin/python" -m budgetthinker.experiment_cpu --config "$config" "$@"
+.venv/bin/python -m budgetthinker.preparation.models >/dev/null
+exec "$repo/.venv/bin/python" -m budgetthinker.pipelines.experiment_cpu --config "$config" "$@"

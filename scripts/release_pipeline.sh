@@ -2,7 +2,7 @@
 # The release pipeline in one command (GPU nodes): prepare → SFT data → SFT 2 + 4 epochs
 # (LLaMA-Factory, .venv-sft) → GRPO (rl/8ratio_v1.sh, verl, .venv-rl) → merge the last RL
 # checkpoint → the math500_release sweep. Sets up the three environments if needed, then runs
-# budgetthinker.release_pipeline; a rerun skips the stages that finished.
+# budgetthinker.pipelines.release; a rerun skips the stages that finished.
 #
 #   bash scripts/release_pipeline.sh MODEL_DIR traces=TRACES.jsonl \
 #       rl.train_files=[train_RL.parquet] rl.val_files=[math500_RL.parquet] eval.data_dir=DATA
@@ -18,5 +18,5 @@ for stage in core sft rl; do
 done
 cd "$repo"
 # MODEL_DIR=default: the embedded model, converted by the core environment only
-.venv/bin/python -m budgetthinker.preparation.embedded_model >/dev/null
-exec "$repo/.venv/bin/python" -m budgetthinker.release_pipeline "$@"
+.venv/bin/python -m budgetthinker.preparation.models >/dev/null
+exec "$repo/.venv/bin/python" -m budgetthinker.pipelines.release "$@"

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Set up the environments (if needed) and run the tests.
-#   bash scripts/test.sh                     everything: ruff + the core suite in .venv, then the
-#                                            SFT tests in .venv-sft and the verl tests in .venv-rl
+#   bash scripts/test.sh                     everything: sets up all three environments, then
+#                                            ruff + the core suite in .venv (incl. the import
+#                                            layers, the docs build and the end-to-end script
+#                                            smokes that need .venv-sft/.venv-rl), then the SFT
+#                                            tests in .venv-sft and the verl tests in .venv-rl
 #                                            (this is what CI runs)
 #   bash scripts/test.sh [core] [pytest args…]   the core suite only, e.g. -m "not slow"
 #   bash scripts/test.sh sft [pytest args…]      tests/sft in .venv-sft (LLaMA-Factory pins an
@@ -28,7 +31,7 @@ run_core() {
 # its tokenizer wrong); the sft and rl environments reuse the cached folder.
 embedded_model() {
   bash "$repo/scripts/setup_env.sh" core
-  .venv/bin/python -m budgetthinker.preparation.embedded_model >/dev/null
+  .venv/bin/python -m budgetthinker.preparation.models >/dev/null
 }
 
 run_sft() {
@@ -47,5 +50,7 @@ case "$stage" in
   core) run_core "$@" ;;
   sft) run_sft "$@" ;;
   rl) run_rl "$@" ;;
-  all) run_core; run_sft; run_rl ;;
+  all)
+    for env in core sft rl; do bash "$repo/scripts/setup_env.sh" "$env"; done
+    run_core; run_sft; run_rl ;;
 esac

@@ -29,7 +29,7 @@ def has_vllm() -> bool:
 @pytest.fixture(scope="session")
 def prepared_model() -> Path:
     """The embedded SmolLM2 prepared for 8ratio (cached under $BUDGETTHINKER_CACHE)."""
-    from budgetthinker.preparation.embedded_model import default_prepared_dir
+    from budgetthinker.preparation.models import default_prepared_dir
 
     return default_prepared_dir("8ratio")
 

@@ -8,8 +8,7 @@ import json
 import pytest
 
 from budgetthinker.cli import main
-from budgetthinker.evaluation.comparison import pareto_front, write_comparison
-from budgetthinker.evaluation.report import write_report
+from budgetthinker.evaluation.comparison import pareto_front, write_comparison, write_report
 
 
 def record(method, budget, thinking, correct, model="base", benchmark="org/math", pid="p0",

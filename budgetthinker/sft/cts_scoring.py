@@ -1,0 +1,166 @@
+"""Token log-probabilities from a reference causal LM, batched across sequences (the CTS scorer).
+
+CTS needs, for many (context, targets) pairs, `log p(target_j | context, target_<j)` for every
+target token. This module does exactly that and nothing else, so the selection rule in
+`budgetthinker.sft.cts` stays a pure function of scores.
+
+Why it is built this way:
+
+* Sequences are right-padded and batched by a token budget (`batch_tokens` padded tokens per
+  forward), longest first, so a GPU stays busy and a CPU does not run out of memory.
+* Only the rows of the vocabulary projection that are needed are computed: the decoder's last
+  hidden states at the target positions go through the output embedding in chunks. A 5,000-token
+  thinking on a 152k-vocabulary model would otherwise need ~3 GB of float32 logits per sequence.
+  Models whose logits are post-processed (soft-capping, logit scale) take the plain full-logits
+  path, so the numbers are the model's own either way.
+* Log-softmax runs in float32 whatever the model's dtype (bf16 on GPU), because selection compares
+  small differences of log-probabilities.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from budgetthinker.errors import UserError
+
+# Positions pushed through the output embedding at once (memory: chunk × vocab × 4 bytes).
+LOGIT_CHUNK = 1024
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` → the first GPU when there is one, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UserError(
+            f"--device {device!r} is not a torch device; use auto, cpu or cuda"
+        ) from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda but no GPU is visible; use --device auto or cpu")
+    return resolved
+
+
+def check_model_dir(path: str | Path) -> Path:
+    """A reference model folder must hold a transformers config (the one-line error otherwise)."""
+    folder = Path(path).expanduser()
+    if not (folder / "config.json").is_file():
+        raise UserError(
+            f"reference model {path} not found (no config.json there); pass a Hugging Face "
+            "causal-LM folder with --ref-model, or 'default' for the embedded SmolLM2"
+        )
+    return folder
+
+
+@dataclass
+class ScorerStats:
+    """What the model did: forward passes, tokens through the model, wall and process-CPU
+    seconds in forward (CPU seconds say what a shared CPU machine's wall clock hides)."""
+
+    forwards: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+
+
+class TokenScorer:
+    """Log-probabilities of target tokens under a causal LM, for many sequences at once."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_tokens: int = 16384,
+    ):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        folder = check_model_dir(model_dir)
+        if batch_tokens <= 0:
+            raise UserError(f"--batch-tokens must be positive, got {batch_tokens}")
+        self.device = resolve_device(device)
+        if dtype == "auto":
+            torch_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
+        else:
+            torch_dtype = getattr(torch, dtype, None)
+            if not isinstance(torch_dtype, torch.dtype):
+                raise UserError(f"--dtype {dtype!r} is not a torch dtype; use auto, bfloat16 …")
+        self.tokenizer = AutoTokenizer.from_pretrained(folder)
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise UserError(
+                f"the tokenizer of {model_dir} is not a fast tokenizer, so it gives no character "
+                "offsets and the compressed text could not be cut from the original; use a "
+                "reference model with a tokenizer.json"
+            )
+        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype)
+        self.model.to(self.device).eval()
+        config = self.model.config
+        post_processed = getattr(config, "final_logit_softcapping", None) or getattr(
+            config, "logit_scale", None
+        )
+        decoder = getattr(self.model, "get_decoder", lambda: None)()
+        self._split = decoder is not None and not post_processed
+        self.batch_tokens = batch_tokens
+        self.stats = ScorerStats()
+
+    @property
+    def special_prefix(self) -> list[int]:
+        """Ids the tokenizer puts before any text (a BOS for Llama, nothing for Qwen/SmolLM2)."""
+        return list(self.tokenizer("", add_special_tokens=True).input_ids)
+
+    def score(self, pairs: list[tuple[list[int], list[int]]]) -> list[torch.Tensor]:
+        """`pairs[k] = (context, targets)` → float32 CPU tensor `lp` with
+        `lp[j] = log p(targets[j] | context, targets[:j])`. The context must be non-empty."""
+        results: list[torch.Tensor | None] = [None] * len(pairs)
+        order = sorted(range(len(pairs)), key=lambda k: -(len(pairs[k][0]) + len(pairs[k][1])))
+        batch: list[int] = []
+        for k in order:
+            if not pairs[k][0]:
+                raise ValueError("every scored sequence needs at least one context token")
+            width = len(pairs[batch[0]][0]) + len(pairs[batch[0]][1]) if batch else 0
+            if batch and width * (len(batch) + 1) > self.batch_tokens:
+                self._run(pairs, batch, results)
+                batch = []
+            batch.append(k)
+        if batch:
+            self._run(pairs, batch, results)
+        return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _run(self, pairs, batch: list[int], results: list) -> None:
+        start, cpu_start = time.perf_counter(), time.process_time()
+        seqs = [pairs[k][0] + pairs[k][1] for k in batch]
+        width = max(len(s) for s in seqs)
+        pad = self.tokenizer.pad_token_id or 0
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        ids, mask = ids.to(self.device), mask.to(self.device)
+        if self._split:
+            hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask).last_hidden_state
+            head = self.model.get_output_embeddings()
+        else:
+            logits = self.model(input_ids=ids, attention_mask=mask).logits
+        for row, k in enumerate(batch):
+            context, targets = pairs[k]
+            # the hidden state at position p predicts token p + 1
+            positions = torch.arange(len(context) - 1, len(context) + len(targets) - 1)
+            labels = torch.tensor(targets, device=self.device)
+            out = []
+            for lo in range(0, len(targets), LOGIT_CHUNK):
+                pos = positions[lo : lo + LOGIT_CHUNK].to(self.device)
+                rows = head(hidden[row, pos]) if self._split else logits[row, pos]
+                lp = torch.log_softmax(rows.float(), dim=-1)
+                out.append(lp.gather(1, labels[lo : lo + LOGIT_CHUNK, None])[:, 0])
+            results[k] = torch.cat(out).cpu() if out else torch.zeros(0)
+        self.stats.forwards += 1
+        self.stats.tokens += int(mask.sum())
+        self.stats.seconds += time.perf_counter() - start
+        self.stats.cpu_seconds += time.process_time() - cpu_start

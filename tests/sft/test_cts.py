@@ -1,0 +1,381 @@
+"""CTS on the real embedded model (SmolLM2-135M as the reference model).
+
+The scores are checked against plain forward passes written here; the windowed rule against a
+slow re-implementation that scores every window on its own (no batching, padding, dedup or
+chunked output projection); resume against a real SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from budgetthinker.cli import main
+from budgetthinker.sft.cts import (
+    AppendOnlyJsonl,
+    Compressor,
+    CTSOptions,
+    JobBuilder,
+    cts_threshold,
+    final_part,
+    keep_fraction,
+    output_paths,
+    output_row,
+    select_quota,
+    select_threshold,
+    window_bounds,
+)
+from budgetthinker.synthetic import make_trace
+
+REPO = Path(__file__).resolve().parents[2]
+
+# ── selection rules, no model ────────────────────────────────────────────────────────────────
+
+
+def test_quota_keeps_the_ratio_within_one_token_per_window():
+    gen = torch.Generator().manual_seed(0)
+    for n, size in ((1, 5), (7, 3), (100, 18), (101, 1800)):
+        scores = torch.randn(n, generator=gen)
+        for ratio in (0.05, 0.33, 0.5, 0.6, 0.9, 1.0):
+            kept = []
+            for a, b in window_bounds(n, size):
+                win = select_quota(scores[a:b], a, b, ratio)
+                assert abs(len(win) - ratio * (b - a)) <= 1
+                kept += win
+            assert kept == sorted(set(kept))
+            assert abs(len(kept) - ratio * n) <= 0.5, (n, size, ratio)
+
+
+def test_quota_keeps_the_top_scores_ties_to_the_earlier_token():
+    scores = torch.tensor([0.5, 2.0, 0.5, 3.0, 0.5])
+    # window [10, 15) at 0.6: round(9) − round(6) = 3 tokens: 13 (3.0), 11 (2.0), 10 (first 0.5)
+    assert select_quota(scores, 10, 15, 0.6) == [10, 11, 13]
+    assert select_quota(torch.tensor([1.0, 1.0, 1.0]), 0, 3, 0.34) == [0]
+
+
+def test_cts_threshold_is_llmlingua_rank_rule():
+    buffer = torch.tensor([5.0, 1.0, 4.0, 2.0, 3.0, 0.0, -1.0, 6.0, 7.0, 8.0])
+    # int(10·0.6) − 1 = 5 → the 6th largest (3.0); strictly above it: 5 tokens
+    assert cts_threshold(buffer, 0.6) == 3.0
+    assert len(select_threshold(buffer, 0, cts_threshold(buffer, 0.6))) == 5
+    assert cts_threshold(buffer, 1.0) == float("-inf")
+    assert cts_threshold(buffer, 0.05) == 8.0  # rank clamped to 0: nothing strictly above max
+
+
+def test_compat_fraction_is_the_b2_formula():
+    for ratio, n_thk, n_ans in ((0.5, 1000, 200), (0.6, 37, 11), (0.9, 100, 400), (0.5, 10, 0)):
+        expected = min(1.0, ratio * (n_ans + n_thk) / (n_thk + 3))
+        assert keep_fraction(ratio, "cts", n_thk, n_ans) == pytest.approx(expected)
+        assert keep_fraction(ratio, "none", n_thk, n_ans) == ratio
+
+
+def test_output_paths_and_final_part(tmp_path):
+    assert output_paths(tmp_path / "c.jsonl", [0.6]) == {0.6: tmp_path / "c.jsonl"}
+    assert output_paths(tmp_path / "c.jsonl", [0.6, 0.655]) == {
+        0.6: tmp_path / "c_r60.jsonl",
+        0.655: tmp_path / "c_r65.5.jsonl",
+    }
+    assert final_part({"response": "<think>a</think>\nB"}) == "\nB"
+    assert final_part({"thinking": "a", "response": "final"}) == "final"
+    assert final_part({"question": "q", "answer": "x</think>y"}) == "y"
+
+
+def test_append_only_file_cuts_a_half_written_line(tmp_path):
+    path = tmp_path / "out.jsonl"
+    path.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "c", "resp')
+    writer = AppendOnlyJsonl(path)
+    assert writer.done == {"a", "b"}
+    writer.write({"id": "c"})
+    writer.close()
+    assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    "ratio, ref, traces, message",
+    [
+        ("0", "default", "t.jsonl", "--ratio must be in (0, 1]"),
+        ("1.5", "default", "t.jsonl", "--ratio must be in (0, 1]"),
+        ("abc", "default", "t.jsonl", "--ratio must be a number"),
+        ("0.6", "missing", "t.jsonl", "reference model"),
+        ("0.6", "default", "none.jsonl", "does not exist"),
+    ],
+)
+def test_bad_input_is_one_line(tmp_path, capsys, ratio, ref, traces, message):
+    (tmp_path / "t.jsonl").write_text(json.dumps(make_trace(1, 0)) + "\n")
+    ref = ref if ref == "default" else str(tmp_path / ref)
+    argv = ["cts", "--ref-model", ref, "--traces", str(tmp_path / traces), "--ratio", ratio]
+    assert main([*argv, "--out", str(tmp_path / "c.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err
+    assert not (tmp_path / "c.jsonl").exists()
+
+
+# ── the real reference model ─────────────────────────────────────────────────────────────────
+
+
+@pytest.fixture(scope="module")
+def scorer():
+    """The embedded SmolLM2 as reference model, on one CPU thread while this module runs:
+    forwards of ~100 tokens gain nothing from two, and on a shared CPU two threads spin."""
+    from budgetthinker.preparation.embedded_model import default_base_dir
+    from budgetthinker.sft.cts_scoring import TokenScorer
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield TokenScorer(default_base_dir(), device="cpu", batch_tokens=4096)
+    torch.set_num_threads(threads)
+
+
+def direct_logprobs(model, context: list[int], targets: list[int]) -> torch.Tensor:
+    """log p(targets[j] | context, targets[:j]) from one plain forward pass."""
+    with torch.no_grad():
+        logits = model(torch.tensor([context + targets])).logits[0].float()
+    lp = logits.log_softmax(-1)
+    return torch.stack([lp[len(context) - 1 + j, t] for j, t in enumerate(targets)])
+
+
+def contexts(scorer, cond_text: str) -> tuple[list[int], list[int]]:
+    tok = scorer.tokenizer
+    sep = tok("\n\n", add_special_tokens=False).input_ids
+    start = tok("", add_special_tokens=True).input_ids
+    return start + tok(cond_text, add_special_tokens=False).input_ids + sep, start + sep
+
+
+def direct_scores(scorer, ids, cond_ctx, plain_ctx, scorer_name) -> torch.Tensor:
+    plain = direct_logprobs(scorer.model, plain_ctx, ids)
+    if scorer_name == "self_information":
+        return -plain
+    return direct_logprobs(scorer.model, cond_ctx, ids) - plain
+
+
+def compress(ref, rows, **opts):
+    options = CTSOptions(**opts)
+    builder = JobBuilder(ref.tokenizer, options)
+    jobs = [builder.build(r, r["id"]) for r in rows]
+    Compressor(ref, options).compress(jobs)
+    return jobs, options
+
+
+TRACES = [make_trace(1, i, 2) for i in range(2)]
+TRACES.append(
+    {
+        "id": "unicode",
+        "question": "What is 3 × 4?",
+        "response": "<think>\nThree × four 😀 is twelve, so 3 × 4 = 12 — done.\n</think>\n"
+        "**Final Answer**\\boxed{12}",
+    }
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scorer_name", ["conditional", "self_information"])
+def test_scores_equal_two_plain_forward_passes(scorer, scorer_name):
+    jobs, opts = compress(
+        scorer, TRACES, ratios=(0.5, 0.8, 1.0), scorer=scorer_name, save_scores=True
+    )
+    for job in jobs:
+        assert len(job.windows) == 1
+        cond_ctx, plain_ctx = contexts(scorer, job.tail)
+        expected = direct_scores(scorer, job.ids, cond_ctx, plain_ctx, scorer_name)
+        for run in job.runs:
+            row = output_row(job, run, opts)
+            got = torch.tensor(row["cts"]["scores"])
+            assert torch.allclose(got, expected, atol=2e-3), (got - expected).abs().max()
+            n = len(job.ids)
+            assert len(run.kept) == math.floor(run.ratio * n + 0.5)  # the ratio, exactly
+            # every kept token scores at least as high as every dropped one
+            dropped = sorted(set(range(n)) - set(run.kept))
+            if run.kept and dropped:
+                assert min(expected[run.kept]) >= max(expected[dropped]) - 2e-3
+
+
+@pytest.mark.slow
+def test_output_is_the_original_text_at_token_boundaries(scorer):
+    jobs, opts = compress(scorer, TRACES, ratios=(0.4, 1.0), save_scores=True)
+    for job, raw in zip(jobs, TRACES, strict=True):
+        original = raw["response"].split("<think>")[1].split("</think>")[0].strip()
+        enc = scorer.tokenizer(original, add_special_tokens=False, return_offsets_mapping=True)
+        ends = [e for _, e in enc["offset_mapping"]]
+        for run in job.runs:
+            row = output_row(job, run, opts)
+            thinking = row["response"].split("<think>\n")[1].split("\n</think>")[0]
+            spans = [original[ends[i - 1] if i else 0 : ends[i]] for i in row["cts"]["kept"]]
+            assert thinking == "".join(spans).strip()
+            assert "\ufffd" not in thinking  # no character cut in half (😀 is two byte tokens)
+            if run.ratio == 1.0:
+                assert thinking == original
+            assert row["response"].endswith("\n</think>\n" + raw["response"].split("</think>\n")[1])
+
+
+def slow_windowed(scorer, job, ratio: float, size: int, compat: str) -> list[int]:
+    """The windowed rule written out: each window scored on its own with two plain passes."""
+    cond_ctx, plain_ctx = contexts(scorer, job.tail)
+    ids, n = job.ids, len(job.ids)
+    n_cond = len(scorer.tokenizer(job.tail, add_special_tokens=False).input_ids)
+    tau = min(1.0, ratio * (n_cond + n) / (n + 3)) if compat == "cts" else ratio
+    if compat == "cts":  # the first pass: the whole thinking, nothing dropped yet
+        first = direct_scores(scorer, ids, cond_ctx, plain_ctx, "conditional")
+    kept: list[int] = []
+    for a in range(0, n, size):
+        b = min(a + size, n)
+        targets = [ids[i] for i in kept] + ids[a:b]
+        scores = direct_scores(scorer, targets, cond_ctx, plain_ctx, "conditional").tolist()
+        window = scores[len(kept) :]
+        if compat == "cts":
+            buffer = scores + first[b:].tolist()
+            rank = max(0, min(len(buffer) - 1, int(len(buffer) * tau) - 1))
+            threshold = sorted(buffer, reverse=True)[rank] if tau < 1 else -math.inf
+            kept += [a + j for j, s in enumerate(window) if s > threshold]
+        else:
+            quota = math.floor(ratio * b + 0.5) - math.floor(ratio * a + 0.5)
+            best = sorted(range(b - a), key=lambda j: (-window[j], j))[:quota]
+            kept += sorted(a + j for j in best)
+    return kept
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("compat, ratios", [("none", (0.5, 0.7)), ("cts", (0.6,))])
+def test_several_windows_agree_with_a_slow_reimplementation(scorer, compat, ratios):
+    trace = make_trace(1, 5, 2)  # 81 thinking tokens: 4 windows of 24
+    size = 24
+    jobs, _ = compress(scorer, [trace], ratios=ratios, compat=compat, iterative_size=size)
+    [job] = jobs
+    assert len(job.windows) >= 4
+    for run in job.runs:
+        assert run.kept == slow_windowed(scorer, job, run.ratio, size, compat), run.ratio
+        if compat == "none":
+            assert abs(len(run.kept) - run.ratio * len(job.ids)) <= 0.5
+
+
+@pytest.mark.slow
+def test_compat_single_window_keeps_int_n_tau_minus_one(scorer):
+    jobs, _ = compress(scorer, TRACES[:2], ratios=(0.5, 0.7), compat="cts")
+    for job in jobs:
+        n, n_ans = len(job.ids), len(job.condition)
+        for run in job.runs:
+            tau = min(1.0, run.ratio * (n_ans + n) / (n + 3))
+            assert run.fraction == pytest.approx(tau)
+            assert len(run.kept) == max(0, min(n - 1, int(n * tau) - 1))
+
+
+def _tiny_wordlevel_model(folder: Path, text: str) -> None:
+    """A reference model whose tokenizer knows only the words of `text` (others → [UNK])."""
+    from tokenizers import Tokenizer
+    from tokenizers.models import WordLevel
+    from tokenizers.pre_tokenizers import Whitespace
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    words = sorted({w for w, _ in Whitespace().pre_tokenize_str(text)})
+    vocab = {w: i for i, w in enumerate(["[UNK]", "[PAD]", "[BOS]", *words])}
+    backend = Tokenizer(WordLevel(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = Whitespace()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]", bos_token="[BOS]"
+    )
+    tok.save_pretrained(folder)
+    config = LlamaConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
+
+
+@pytest.mark.slow
+def test_unencodable_and_unfinished_traces_are_dropped_and_counted(tmp_path, capsys):
+    good = make_trace(1, 0, 1)
+    _tiny_wordlevel_model(tmp_path / "ref", good["question"] + good["response"])
+    bad = dict(make_trace(1, 1, 1), response="<think>\nZyzzyva quux.\n</think>\\boxed{1}")
+    unfinished = dict(make_trace(1, 2, 1), response="<think>\nno end tag")
+    traces = tmp_path / "t.jsonl"
+    rows = (good, bad, unfinished, good)  # the second `good` repeats an id
+    traces.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "c.jsonl"
+    argv = ["cts", "--ref-model", str(tmp_path / "ref"), "--traces", str(traces)]
+    assert main([*argv, "--out", str(out), "--ratio", "0.5", "--no-progress"]) == 0
+    stats = json.loads((tmp_path / "c.stats.json").read_text())
+    assert stats["dropped"] == {"duplicate_id": 1, "no_think_end": 1, "unencodable": 1}
+    assert [json.loads(x)["id"] for x in out.read_text().splitlines()] == [good["id"]]
+    # nothing encodable at all: one line naming the reasons
+    traces.write_text(json.dumps(bad) + "\n")
+    assert main([*argv, "--out", str(tmp_path / "d.jsonl"), "--ratio", "0.5"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "no trace was compressed" in err and "unencodable: 1" in err
+
+
+def _ids(path: Path) -> list[str]:
+    return [json.loads(x)["id"] for x in path.read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_loses_nothing_and_scores_nothing_twice(tmp_path):
+    rows = [make_trace(2, i, 1) for i in range(4)]
+    traces = tmp_path / "t.jsonl"
+    traces.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "c.jsonl"
+    cmd = [
+        sys.executable,
+        "-m",
+        "budgetthinker.cli",
+        "cts",
+        "--ref-model",
+        "default",
+        "--traces",
+        str(traces),
+        "--out",
+        str(out),
+        "--ratio",
+        "0.5",
+        "--ratio",
+        "0.8",
+        "--chunk",
+        "1",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
+    files = list(output_paths(out, [0.5, 0.8]).values())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if files[0].is_file() and files[0].read_text().count("\n") >= 1:
+            os.kill(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    proc.wait()
+    if proc.returncode == 0:  # finished before the kill: keep one row, as a kill would
+        for f in files:
+            f.write_text(f.read_text().splitlines(keepends=True)[0])
+    else:
+        assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    with files[1].open("a") as f:
+        f.write('{"id": "half-written')  # a row cut by the kill
+    done_before = set(_ids(files[0])) & {
+        json.loads(x)["id"] for x in files[1].read_text().splitlines()[:-1]
+    }
+    assert 1 <= len(done_before) < len(rows)
+    assert subprocess.run(cmd, cwd=REPO, env=env, capture_output=True).returncode == 0
+    for f in files:
+        ids = _ids(f)
+        assert sorted(ids) == sorted(r["id"] for r in rows)  # each exactly once
+    stats = json.loads((tmp_path / "c.stats.json").read_text())
+    run = stats["this_run"]
+    assert run["traces_skipped_as_done"] == len(done_before)
+    assert run["traces_scored"] == len(rows) - len(done_before)
+    assert stats["ratios"]["0.5"]["traces"] == len(rows)
