@@ -23,10 +23,14 @@ SPEC_FORMAT_VERSION = 1
 THINK_START = "<think>"
 THINK_END = "</think>"
 
+ANSWER_TAIL = "**Final Answer**\\boxed"
+"""What opens the answer: the two-stage suffixes end with it, the RL format reward looks for
+`ANSWER_TAIL{…}`, and synthetic traces answer with it."""
+
 # Two-stage suffixes (SPEC §2): evaluation has a blank line after </think>, the RL rollout none.
 TWO_STAGE_SUFFIXES = {
-    "eval": "\n</think>\n\n**Final Answer**\\boxed",
-    "rl": "\n</think>\n**Final Answer**\\boxed",
+    "eval": f"\n{THINK_END}\n\n{ANSWER_TAIL}",
+    "rl": f"\n{THINK_END}\n{ANSWER_TAIL}",
 }
 
 # Largest countdown value per step size. remaining250 → 40 tokens (SPEC §1); remaining50 is the

@@ -90,14 +90,16 @@ def render_prompt(
     return chat_prompt(tokenizer, user_content(problem, budget, tip, mode, system_line))
 
 
-def chat_prompt(tokenizer, content: str) -> str:
+def chat_prompt(tokenizer, content: str, *, system: str | None = None) -> str:
     """A finished user turn (e.g. an SFT row's instruction) inside the model's chat template,
-    ready for the model's answer; the bare text for a tokenizer without a chat template."""
+    after an optional `system` turn, ready for the model's answer; the bare text for a
+    tokenizer without a chat template. The one chat rendering of every stage."""
     if not getattr(tokenizer, "chat_template", None):
         return content
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-    )
+    messages = [{"role": "user", "content": content}]
+    if system is not None:
+        messages.insert(0, {"role": "system", "content": system})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def budget_from_prompt(text: str) -> int | None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from budgetthinker.control_spec import ANSWER_TAIL
+
 NAMES = (
     "Ava",
     "Ben",
@@ -120,7 +122,7 @@ def make_trace(seed: int, index: int, num_steps: int = 3, checks: int = 0) -> di
     return {
         "id": problem.id,
         "question": problem.question,
-        "response": f"<think>\n{thinking}\n</think>\n**Final Answer**\\boxed{{{problem.answer}}}",
+        "response": f"<think>\n{thinking}\n</think>\n{ANSWER_TAIL}{{{problem.answer}}}",
         "answer": problem.answer,
     }
 

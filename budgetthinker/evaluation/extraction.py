@@ -41,7 +41,6 @@ _COMMAND = re.compile(r"\\[A-Za-z]+")
 _WORD = re.compile(r"[A-Za-z]+")
 _GROUP_WORDS = 3
 _MINERVA = re.compile(r"(?i)final answer is:?\s*(.+?)\s*\.?\s*I hope")
-_DOLLARS = re.compile(r"^\$+(.*?)\$+$", re.DOTALL)
 _TALE_BRACKETS = re.compile(r"\[\[(.*?)\]\]", re.DOTALL)
 _TALE_NUMBER = re.compile(r"(-?[$0-9.,]{2,})|(-?[0-9]+)")
 _S1_ANSWER = re.compile(r"(?i)answer\s*:")
@@ -194,14 +193,21 @@ def _minerva(text: str) -> Extraction | None:
     found = _math_verify_answer(text[last.start() :].replace('\\"', "").replace('"', ""))
     if found is not None:
         return found
-    answer = _strip_dollars(last.group(1))
+    answer = strip_dollars(last.group(1))
     return Extraction(answer, "final answer is … I hope") if answer else None
 
 
-def _strip_dollars(text: str) -> str:
+def strip_dollars(text: str) -> str:
+    """`$x$` or `$$x$$` → `x` (stripped); anything else, e.g. `$1 and $2`, is kept as it is.
+    The one rule for answers and gold answers alike."""
     text = text.strip()
-    match = _DOLLARS.match(text)
-    return (match.group(1) if match else text).strip()
+    for fence in ("$$", "$"):
+        n = len(fence)
+        inner = text[n:-n]
+        fenced = len(text) > 2 * n and text.startswith(fence) and text.endswith(fence)
+        if fenced and "$" not in inner:
+            return inner.strip()
+    return text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -233,7 +239,7 @@ def s1_answer(text: str) -> Extraction | None:
     if boxed:
         return Extraction(boxed, "s1 Answer: (boxed)")
     line = next((ln for ln in tail.splitlines() if ln.strip()), "")
-    answer = _strip_dollars(line.strip().rstrip("."))
+    answer = strip_dollars(line.strip().rstrip("."))
     return Extraction(answer, "s1 Answer:") if answer else None
 
 

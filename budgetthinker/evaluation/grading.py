@@ -51,6 +51,7 @@ from budgetthinker.evaluation.extraction import (
     check_extraction,
     extract,
     extract_boxed,
+    strip_dollars,
 )
 from budgetthinker.evaluation.grader_pool import Pool, Worker
 
@@ -203,8 +204,8 @@ def gold_answer(row: dict[str, Any], benchmark: str) -> str:
             )
         return answer
     if isinstance(value, list):
-        return ", ".join(_strip_dollars(_number_text(v)) for v in value)
-    return _strip_dollars(_number_text(value))
+        return ", ".join(strip_dollars(_number_text(v)) for v in value)
+    return strip_dollars(_number_text(value))
 
 
 def _number_text(value: Any) -> str:
@@ -215,11 +216,6 @@ def _number_text(value: Any) -> str:
         return text.split(".")[0]
     return text
 
-
-def _strip_dollars(text: str) -> str:
-    if len(text) >= 2 and text.startswith("$") and text.endswith("$") and "$" not in text[1:-1]:
-        return text[1:-1].strip()
-    return text
 
 
 # ---------------------------------------------------------------------------------------------

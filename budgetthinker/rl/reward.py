@@ -35,6 +35,7 @@ import re
 import threading
 from typing import Any
 
+from budgetthinker.control_spec import ANSWER_TAIL
 from budgetthinker.evaluation.extraction import check_extraction
 from budgetthinker.evaluation.grading import Grader, GradeResult, grade
 
@@ -45,7 +46,7 @@ MILD_FROM = 1500
 """Under budget, a `Bt` of at least this many tokens gets the mild `1 − d²` curve (faithful)."""
 
 _SPACES_AROUND = re.compile(r"\s*(<|>|/)\s*")
-_FORMAT = re.compile(r".*\*\*Final Answer\*\*\\boxed\{.*?\}.*", re.DOTALL)
+_FORMAT = re.compile(rf".*{re.escape(ANSWER_TAIL)}\{{.*?\}}.*", re.DOTALL)
 
 
 def budget_with_tokens(budget: int) -> int:

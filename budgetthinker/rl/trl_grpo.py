@@ -36,6 +36,7 @@ from budgetthinker.control_spec import (
 )
 from budgetthinker.errors import UserError
 from budgetthinker.forcing import make_plan, thinking_cap
+from budgetthinker.prompts import chat_prompt
 from budgetthinker.rl.budget_rollout import (
     RL_SUFFIX,
     answer_request,
@@ -92,7 +93,7 @@ class BudgetRollout:
         cfg, tok, spec = self.cfg, self.tokenizer, self.spec
         ro = cfg.rollout
         mode = spec.parsed_mode
-        texts = [_render(tok, rl_user_content(str(p), budget, mode, ro.tip)) for p in prompts]
+        texts = [chat_prompt(tok, rl_user_content(str(p), budget, mode, ro.tip)) for p in prompts]
         prompt_ids = [tok.encode(t, add_special_tokens=False) for t in texts]
         longest = max(len(p) for p in prompt_ids)
         if longest > ro.max_prompt_length:
@@ -217,13 +218,6 @@ def completion_cap(cfg: RLConfig) -> int:
         )
     return max(caps)
 
-
-def _render(tokenizer: Any, content: str) -> str:
-    if not getattr(tokenizer, "chat_template", None):
-        return content
-    return tokenizer.apply_chat_template(
-        [{"role": "user", "content": content}], tokenize=False, add_generation_prompt=True
-    )
 
 
 def _spec_callback(spec_file: Path):

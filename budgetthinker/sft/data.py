@@ -40,7 +40,7 @@ from budgetthinker.outputs import (
     plain_name,
     removed_on_failure,
 )
-from budgetthinker.prompts import TIP_NAMES, user_content
+from budgetthinker.prompts import TIP_NAMES, chat_prompt, user_content
 
 V2_BINS = (100, 250, 500, 750, 1000, 1250, 1500, *range(2000, 10001, 500))
 BUDGET_RULES = ("v1", "v2")
@@ -116,9 +116,7 @@ def generated_prefix(tokenizer) -> str:
     the chat template's generation prompt already ends with (part of) it."""
     if not getattr(tokenizer, "chat_template", None):
         return ANSWER_PREFIX
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": "x"}], tokenize=False, add_generation_prompt=True
-    )
+    prompt = chat_prompt(tokenizer, "x")
     if prompt.endswith(ANSWER_PREFIX):
         return ""
     if prompt.endswith(THINK_START):

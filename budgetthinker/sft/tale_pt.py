@@ -28,7 +28,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from budgetthinker.config import build, load_yaml, merge, parse_overrides
 from budgetthinker.errors import UserError
 from budgetthinker.evaluation.tale.prompts import SYSTEM
 from budgetthinker.outputs import atomic_text, publish_dir, staging_dir
@@ -121,13 +120,11 @@ def build_dataset(search_file: str | os.PathLike, out_dir: str | os.PathLike, na
 
 
 def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> tuple[dict, TalePTOptions]:
-    """Recipe + `key=value` overrides → (LLaMA-Factory args, our options)."""
-    raw = load_yaml(path)
-    ours = raw.pop("budgetthinker", None) or {}
-    extra = parse_overrides(list(overrides))
-    ours = merge(ours, extra.pop("budgetthinker", {}))
-    lf_args = merge(raw, extra)
-    opts = build(TalePTOptions, ours, "budgetthinker")
+    """Recipe (a file or a shipped recipe's name) + `key=value` overrides → (LLaMA-Factory
+    args, our options), through the SFT stage's one recipe loader."""
+    from budgetthinker.sft.train import load_lf_recipe
+
+    lf_args, opts = load_lf_recipe(path, overrides, TalePTOptions)
     stage = lf_args.get("stage")
     if stage not in KINDS:
         raise UserError(f"a TALE-PT recipe has stage: sft or stage: dpo, got {stage!r}")

@@ -25,8 +25,10 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
@@ -93,19 +95,31 @@ class SFTOptions:
             raise ValueError(f"nproc must be >= 0, got {self.nproc}")
 
 
+T = TypeVar("T")
+
 ENV_ALIASES = {"special_token_loss": ("special_token_loss", str)}
 
 
-def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> tuple[dict, SFTOptions]:
-    """Recipe (a file, or a shipped recipe's name or documented path) + overrides →
-    (LLaMA-Factory args, our options)."""
+def load_lf_recipe(
+    path: str | os.PathLike, overrides: Sequence[str], options: type[T], env: dict | None = None
+) -> tuple[dict, T]:
+    """The one LLaMA-Factory recipe loader (SFT, CTS, TALE-PT): a file, or a shipped recipe's
+    name or documented path, + `key=value` overrides → (LLaMA-Factory args, our `options` built
+    from the recipe's `budgetthinker:` block). Recipe < environment aliases < overrides."""
     raw = load_yaml(resolve_recipe("sft", str(path)))
     ours = raw.pop("budgetthinker", None) or {}
-    extra = parse_overrides(overrides)
-    ours = merge(merge(ours, env_overrides(ENV_ALIASES)), extra.pop("budgetthinker", {}))
+    extra = parse_overrides(list(overrides))
+    if env:
+        ours = merge(ours, env_overrides(env))
+    ours = merge(ours, extra.pop("budgetthinker", {}))
     lf_args = merge(raw, extra)
     _resolve_shipped_file(lf_args, "deepspeed")
-    return lf_args, build(SFTOptions, ours, "budgetthinker")
+    return lf_args, build(options, ours, "budgetthinker")
+
+
+def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[dict, SFTOptions]:
+    """An SFT recipe + overrides → (LLaMA-Factory args, our options)."""
+    return load_lf_recipe(path, overrides, SFTOptions, ENV_ALIASES)
 
 
 def _resolve_shipped_file(lf_args: dict, key: str) -> None:

@@ -127,3 +127,13 @@ def test_never_raises_on_odd_text(text):
         assert found.answer is None or found.answer.strip()
     for fmt in ANSWER_FORMATS:
         extract(text, answer_format=fmt)
+
+
+def test_one_dollar_rule_for_answers_and_gold():
+    from budgetthinker.evaluation.extraction import strip_dollars
+
+    assert strip_dollars(" $5$ ") == "5"
+    assert strip_dollars("$$\\frac12$$") == "\\frac12"
+    assert strip_dollars("$ 7 $") == "7"
+    for kept in ("$1 and $2", "$", "$$", "$5", "5$", "$5 + $3$"):
+        assert strip_dollars(kept) == kept

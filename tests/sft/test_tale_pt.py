@@ -101,6 +101,14 @@ def test_recipes_follow_the_paper_and_the_code():
         load_recipe(CONFIGS / "tale_pt_lora.yaml", ["budgetthinker.search="])
 
 
+def test_shipped_recipe_names_resolve_as_for_sft(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # not the checkout: the name must not depend on the folder
+    by_name, _ = load_recipe("tale_pt_dpo")
+    assert by_name == load_recipe(CONFIGS / "tale_pt_dpo.yaml")[0]
+    with pytest.raises(UserError, match="shipped recipes"):
+        load_recipe("tale_pt_nope")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lora", "dpo"])
 def test_cpu_smoke_run_trains_saves_and_loads(kind, search_file, tmp_path, prepared_model):

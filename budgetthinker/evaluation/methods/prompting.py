@@ -10,14 +10,14 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from budgetthinker.control_spec import Mode
+from budgetthinker.control_spec import TWO_STAGE_SUFFIXES, Mode
 from budgetthinker.errors import UserError
 from budgetthinker.evaluation.methods import Episode, Method, Outcome, SampleContext, register
 from budgetthinker.forcing import thinking_cap
 from budgetthinker.generation import BudgetSettings, GenRequest, default_max_new_tokens
 from budgetthinker.prompts import render_prompt
 
-EVAL_SUFFIX = "\n</think>\n\n**Final Answer**\\boxed"
+EVAL_SUFFIX = TWO_STAGE_SUFFIXES["eval"]
 """The original evaluation's two-stage suffix (SPEC §2)."""
 
 

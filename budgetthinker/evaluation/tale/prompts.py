@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from budgetthinker.errors import UserError
+from budgetthinker.prompts import chat_prompt
 
 SYSTEM = "You are a helpful assistant."
 """The system line of every TALE call (API messages and the local-model string alike)."""
@@ -196,9 +197,7 @@ def render(tokenizer, prompt: str, compat: str = "chat") -> str:
         raise UserError(f"unknown TALE compat {compat!r}; choose one of {', '.join(COMPATS)}")
     if compat == "tale" or not getattr(tokenizer, "chat_template", None):
         return TALE_PLAIN.format(prompt=prompt)
-    return tokenizer.apply_chat_template(
-        chat_messages(prompt), tokenize=False, add_generation_prompt=True
-    )
+    return chat_prompt(tokenizer, prompt, system=SYSTEM)
 
 
 def chat_messages(prompt: str) -> list[dict[str, str]]:
