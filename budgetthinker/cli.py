@@ -7,11 +7,10 @@ traceback), exit status 2, nothing written.
 from __future__ import annotations
 
 import argparse
-import errno
 import json
 import sys
 
-from budgetthinker.errors import UserError
+from budgetthinker.errors import UserError, report_errors
 from budgetthinker.evaluation import comparison as _comparison
 from budgetthinker.evaluation.tale import search as _tale_search
 from budgetthinker.patches import serve as _serve
@@ -341,44 +340,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# OS errors that are the user's environment, not a bug: reported as one line, like a UserError.
-WRITE_ERRNOS = {
-    errno.EACCES,
-    errno.EPERM,
-    errno.EROFS,
-    errno.ENOSPC,
-    errno.EDQUOT,
-    errno.EISDIR,
-    errno.ENOTDIR,
-    errno.ENAMETOOLONG,
-}
-INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Run one subcommand. The single error path: a UserError or an unwritable/full output
-    folder is one line and exit 2; Ctrl-C is one line and exit 130 (outputs are written so that
-    an interrupted run loses no finished work and leaves nothing half-written)."""
+    """Run one subcommand, through the one error path (`errors.report_errors`)."""
     args = build_parser().parse_args(argv)
-    where = f"budgetthinker {args.command}"
-    try:
-        return COMMANDS[args.command][1](args)
-    except UserError as e:
-        print(f"{where}: error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
-        if e.errno not in WRITE_ERRNOS:
-            raise
-        target = f" {e.filename}" if e.filename else ""
-        print(
-            f"{where}: error: cannot write{target}: {e.strerror}; choose an output folder you "
-            "can write to (--out, output_dir=…) or free space there",
-            file=sys.stderr,
-        )
-        return 2
-    except KeyboardInterrupt:
-        print(f"\n{where}: interrupted; rerun the same command to resume", file=sys.stderr)
-        return INTERRUPTED
+    return report_errors(f"budgetthinker {args.command}", lambda: COMMANDS[args.command][1](args))
 
 
 if __name__ == "__main__":

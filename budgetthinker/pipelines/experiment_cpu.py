@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from budgetthinker.config import load_config, to_dict
-from budgetthinker.errors import UserError
+from budgetthinker.errors import UserError, report_errors
 from budgetthinker.outputs import atomic_text, atomic_write
 from budgetthinker.pipelines.stages import Pipeline, Stage, add_pipeline_args, only_stages
 
@@ -489,13 +489,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_pipeline_args(parser, DEFAULT_CONFIG, "sft.max_steps=2 eval.problems=2")
     args = parser.parse_intermixed_args(argv)
-    try:
-        exp = Experiment(load(args.config, args.overrides))
-    except UserError as e:
-        print(f"experiment_cpu: error: {e}", file=sys.stderr)
-        return 2
-    pipeline = Pipeline(exp.run_dir, exp.stages())
-    return pipeline.execute("experiment_cpu", args.dry_run, only_stages(args.only))
+    return report_errors("experiment_cpu", lambda: _run(args))
+
+
+def _run(args: argparse.Namespace) -> int:
+    exp = Experiment(load(args.config, args.overrides))
+    return Pipeline(exp.run_dir, exp.stages()).execute(args.dry_run, only_stages(args.only))
 
 
 if __name__ == "__main__":

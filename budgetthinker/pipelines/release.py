@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from budgetthinker.config import load_config
-from budgetthinker.errors import UserError
+from budgetthinker.errors import UserError, report_errors
 from budgetthinker.outputs import publish_dir, staging_dir
 from budgetthinker.pipelines.stages import Pipeline, Stage, add_pipeline_args, only_stages
 
@@ -309,11 +309,6 @@ def gpu_hours_table(a: Assumptions = Assumptions()) -> str:
     return "\n".join(lines)
 
 
-def _error(e: UserError) -> int:
-    print(f"release_pipeline: error: {e}", file=sys.stderr)
-    return 2
-
-
 def _print_gpu_hours() -> None:
     print("\nExpected GPU hours for the 1.5B release (README › Release pipeline):")
     print(gpu_hours_table())
@@ -322,16 +317,7 @@ def _print_gpu_hours() -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["merge-rl"]:
-        try:
-            if len(argv) != 4:
-                raise UserError(
-                    "usage: python -m budgetthinker.pipelines.release merge-rl "
-                    "CHECKPOINTS SPEC_DIR OUT"
-                )
-            merge_rl(Path(argv[1]), Path(argv[2]), Path(argv[3]))
-        except UserError as e:
-            return _error(e)
-        return 0
+        return report_errors("release_pipeline merge-rl", lambda: _merge_rl(argv[1:]))
     parser = argparse.ArgumentParser(
         prog="bash scripts/release_pipeline.sh", description=__doc__.splitlines()[0]
     )
@@ -343,14 +329,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     add_pipeline_args(parser, DEFAULT_CONFIG, "traces=T.jsonl rl.train_files=[…] eval.data_dir=D")
     args = parser.parse_intermixed_args(argv)
-    try:
-        release = Release(args.model, load(args.config, args.overrides))
-        pipeline = Pipeline(release.cfg.run_dir, release.stages())
-    except UserError as e:
-        return _error(e)
-    return pipeline.execute(
-        "release_pipeline", args.dry_run, only_stages(args.only), after_dry_run=_print_gpu_hours
-    )
+    return report_errors("release_pipeline", lambda: _run(args))
+
+
+def _merge_rl(args: list[str]) -> int:
+    if len(args) != 3:
+        raise UserError(
+            "usage: python -m budgetthinker.pipelines.release merge-rl CHECKPOINTS SPEC_DIR OUT"
+        )
+    merge_rl(Path(args[0]), Path(args[1]), Path(args[2]))
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    release = Release(args.model, load(args.config, args.overrides))
+    pipeline = Pipeline(release.cfg.run_dir, release.stages())
+    return pipeline.execute(args.dry_run, only_stages(args.only), after_dry_run=_print_gpu_hours)
 
 
 if __name__ == "__main__":

@@ -213,23 +213,18 @@ class Pipeline:
 
     def execute(
         self,
-        prog: str,
         dry_run: bool = False,
         only: Sequence[str] = (),
         after_dry_run: Callable[[], None] | None = None,
     ) -> int:
-        """The command-line ending of a pipeline script: run (or dry-run) it; a `UserError`
-        becomes one line on stderr and exit status 2."""
-        try:
-            if dry_run:
-                self.dry_run()
-                if after_dry_run is not None:
-                    after_dry_run()
-            else:
-                self.run(only)
-        except UserError as e:
-            print(f"{prog}: error: {e}", file=sys.stderr)
-            return 2
+        """What a pipeline script does: run (or dry-run) the pipeline; exit status 0. Mistakes
+        raise `UserError`; the script's `main` reports them (`errors.report_errors`)."""
+        if dry_run:
+            self.dry_run()
+            if after_dry_run is not None:
+                after_dry_run()
+        else:
+            self.run(only)
         return 0
 
     def timings(self) -> dict[str, float]:
