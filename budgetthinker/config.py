@@ -32,6 +32,30 @@ def recipes_root() -> Path:
     return installed if installed.is_dir() else package.parent / "configs"
 
 
+ORIGINALS = {
+    "seed": "the original BudgetThinker code (its rollout, reward rule, SFT placement, evaluation)",
+    "s1": "the s1 lm-evaluation-harness fork (its budget rounds and scaling-function rule)",
+    "tale": "TALE's code (its plain local-model prompt string)",
+    "cts": "CTS's LLMLingua call (its effective keep fraction and threshold rule)",
+}
+"""`compat` means the same everywhere: the list of originals whose behaviour to reproduce,
+quirks included (docs/faithful_switches.md). Each stage accepts the originals it has switches
+for."""
+
+
+def check_compat(names: Sequence[str] | str | None, allowed: Sequence[str], key: str = "compat"):
+    """`names` as a checked list (a single name or null is accepted, as in any list key); an
+    original the stage has no switch for is one line naming the ones it has."""
+    if names is None:
+        return []
+    names = [names] if isinstance(names, str) else list(names)
+    for name in names:
+        if name not in allowed:
+            known = ", ".join(f"{a} ({ORIGINALS[a]})" for a in allowed)
+            raise UserError(f"{key}: no switch for {name!r} here; {key} lists originals: {known}")
+    return names
+
+
 def shipped_recipes(stage: str) -> list[str]:
     """Names of the recipes shipped for `stage` (`rl`, `sft`, `eval`)."""
     return sorted(p.stem for p in (recipes_root() / stage).glob("*.yaml"))
@@ -158,6 +182,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return build(tp, value, key)
     if origin in (list, tuple, Sequence):
         (item,) = typing.get_args(tp)[:1] or (Any,)
+        if value is None:
+            return []  # null for a list: empty
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]  # a single value where a list is expected
         if not isinstance(value, list):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from budgetthinker.config import check_compat
 from budgetthinker.evaluation.datasets import DataConfig
 from budgetthinker.evaluation.engine_config import EngineConfig
 from budgetthinker.limits import check_sampling
@@ -68,8 +69,9 @@ class EvalConfig:
     methods: list[str | dict] = field(default_factory=lambda: ["control"])
     two_stage: bool = False
     stop_at_think_end: bool = True  # no control tokens after `</think>` (false: the original)
-    # faithful switches: seed (BudgetThinker's original: two-stage as a second request on every
-    # output, control tokens after `</think>`), s1 (the s1 harness fork's budget accounting)
+    # the originals to reproduce (docs/faithful_switches.md): seed (BudgetThinker's original:
+    # two-stage as a second request on every output, control tokens after `</think>`), s1 (the
+    # s1 harness fork's budget accounting and scaling rule); TALE's is a method parameter
     compat: list[str] = field(default_factory=list)
     delimiters: dict | None = None  # {start: <text>, end: <text>}; default: detected
     budgets: list[int] = field(default_factory=lambda: list(RELEASE_BUDGETS))
@@ -94,9 +96,7 @@ class EvalConfig:
             raise ValueError("budgets must list at least one budget")
         if not self.methods:
             raise ValueError("methods must list at least one method")
-        unknown = sorted(set(self.compat) - {"seed", "s1"})
-        if unknown:
-            raise ValueError(f"compat must list seed and/or s1, got {unknown[0]!r}")
+        self.compat = check_compat(self.compat, ("seed", "s1"))
         if "seed" in self.compat:
             self.stop_at_think_end = False
             if self.grading.extraction == "default":  # the original's last-boxed rule

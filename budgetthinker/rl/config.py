@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from budgetthinker.config import load_config, recipes_root, shipped_recipes
+from budgetthinker.config import check_compat, load_config, recipes_root, shipped_recipes
 from budgetthinker.config import resolve_recipe as resolve_shipped
 from budgetthinker.errors import UserError
 from budgetthinker.outputs import plain_name
@@ -119,14 +119,13 @@ class RLConfig:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     output_dir: str = "runs"
-    # seed: every rollout improvement back to the original (mask_forced_tokens,
-    # stop_at_think_end, two_stage_request)
-    compat: str | None = None
+    # [seed]: every rollout improvement back to the original (mask_forced_tokens,
+    # stop_at_think_end, two_stage_request) and the original reward's answer rule
+    compat: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        if self.compat not in (None, "seed"):
-            raise ValueError(f"compat must be null or seed (the original), got {self.compat!r}")
-        if self.compat == "seed":
+        self.compat = check_compat(self.compat, ("seed",))
+        if "seed" in self.compat:
             self.rollout.mask_forced_tokens = False
             self.rollout.stop_at_think_end = False
             self.rollout.two_stage_request = "second"

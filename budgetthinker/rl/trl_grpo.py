@@ -324,7 +324,7 @@ def train(cfg: RLConfig) -> dict[str, Any]:
     trainer = GRPOTrainer(
         model=model,
         # compat: seed grades with the original reward's answer rule
-        reward_funcs=make_trl_reward("seed" if cfg.compat == "seed" else "default"),
+        reward_funcs=make_trl_reward("seed" if "seed" in cfg.compat else "default"),
         args=args,
         train_dataset=as_dataset(train_rows),
         eval_dataset=as_dataset(val_rows) if val_rows else None,

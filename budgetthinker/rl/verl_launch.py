@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from budgetthinker.config import build
+from budgetthinker.config import build, check_compat
 from budgetthinker.control_spec import load_spec
 from budgetthinker.errors import UserError
 from budgetthinker.outputs import atomic_text, plain_name
@@ -71,7 +71,7 @@ class VerlRecipe:
         two_stage_request (`str`): `same` (suffix forced in the same request, only when thinking
             is still open) or `second` (the original: truncate to Bt − 50, suffix, second request).
         stop_at_think_end (`bool`): no control tokens after `</think>` (false: the original).
-        compat (`str`, *optional*): `seed` switches every rollout improvement back to the
+        compat (`list[str]`): `[seed]` switches every rollout improvement back to the
             original (mask_forced_tokens, stop_at_think_end, two_stage_request).
     """
 
@@ -91,13 +91,12 @@ class VerlRecipe:
     two_stage_answer_tokens: int = 40
     two_stage_request: str = "same"
     stop_at_think_end: bool = True
-    compat: str | None = None
+    compat: list[str] = field(default_factory=list)
     output_dir: str = "runs"
 
     def __post_init__(self) -> None:
         check_two_stage_request(self.two_stage_request, "budgetthinker.two_stage_request")
-        if self.compat not in (None, "seed"):
-            raise ValueError(f"compat must be null or seed (the original), got {self.compat!r}")
+        self.compat = check_compat(self.compat, ("seed",), "budgetthinker.compat")
         if self.tip not in TIPS:
             raise ValueError(f"tip must be one of {', '.join(TIPS)}, got {self.tip!r}")
         plain_name(self.experiment, "experiment")  # it becomes <output_dir>/<experiment>/
@@ -258,7 +257,7 @@ def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
         "data.filter_overlong_prompts=false",
         f"actor_rollout_ref.rollout.agent.agent_loop_config_path={_quote(str(AGENT_LOOPS_FILE))}",
     ]
-    if bt.compat == "seed":  # every rollout switch back to the original, read by the agent loop
+    if "seed" in bt.compat:  # every rollout switch back to the original, read by the agent loop
         launch += [f"budgetthinker.{key}={value}" for key, value in SEED_ROLLOUT.items()]
         extraction = "reward.custom_reward_function.reward_kwargs.extraction"
         if not any(extraction in o for o in overrides):  # the original reward's answer rule

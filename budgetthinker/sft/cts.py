@@ -13,11 +13,11 @@ where `x̃_<i` is the *kept* thinking before `x_i`. The thinking is processed in
 whose context is the answer (conditional pass only) and the tokens kept from windows < w, then its
 tokens are selected. The thinking is cut at `max_thinking` (5000) reference tokens first, as CTS.
 
-Selection, default (`compat none`): the ratio α means kept thinking tokens ÷ thinking tokens.
+Selection, default (no `--compat`): the ratio α means kept thinking tokens ÷ thinking tokens.
 Window w = [a, b) keeps its top `round(α·b) − round(α·a)` tokens by score (ties: the earlier
 token), so the kept fraction is α within half a token overall and one token per window.
 
-Selection, `compat cts` (what CTS's LLMLingua call does, B.2): the keep fraction is
+Selection, `--compat cts` (what CTS's LLMLingua call does, B.2): the keep fraction is
 `τ = min(1, α·(L_answer + L_thinking) / (L_thinking + 3))` (the answer's length enters the
 target because CTS passes it as the question with `concate_question=False`), the first pass
 scores the whole thinking uncompressed, and window w keeps the tokens whose score is strictly
@@ -54,11 +54,12 @@ import math
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from budgetthinker.config import check_compat
 from budgetthinker.control_spec import THINK_END
 from budgetthinker.errors import UserError
 from budgetthinker.outputs import atomic_json
@@ -79,7 +80,7 @@ ITERATIVE_SIZE = 1800
 MAX_THINKING = 5000
 SEPARATOR = "\n\n"
 SCORERS = ("conditional", "self_information")
-COMPATS = ("none", "cts")
+COMPATS = ("cts",)
 CONDITIONS = ("final", "answer")
 LONG_POLICIES = ("cut", "drop")
 
@@ -97,7 +98,7 @@ class CTSOptions:
 
     ratios: tuple[float, ...]
     scorer: str = "conditional"
-    compat: str = "none"
+    compat: tuple[str, ...] = ()
     condition: str = "final"
     iterative_size: int = ITERATIVE_SIZE
     max_thinking: int = MAX_THINKING
@@ -114,12 +115,12 @@ class CTSOptions:
                 )
         for name, value, allowed in (
             ("--scorer", self.scorer, SCORERS),
-            ("--compat", self.compat, COMPATS),
             ("--condition", self.condition, CONDITIONS),
             ("--long", self.long, LONG_POLICIES),
         ):
             if value not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+        object.__setattr__(self, "compat", tuple(check_compat(self.compat, COMPATS, "--compat")))
         if self.iterative_size <= 0 or self.max_thinking <= 0:
             raise UserError("--iterative-size and --max-thinking must be positive")
 
@@ -132,17 +133,17 @@ def half_up(x: float) -> int:
     return math.floor(x + 0.5)
 
 
-def keep_fraction(ratio: float, compat: str, n_thinking: int, n_condition: int) -> float:
+def keep_fraction(ratio: float, compat: Sequence[str], n_thinking: int, n_condition: int) -> float:
     """The fraction of thinking tokens to keep: α itself, or CTS's effective τ (B.2).
 
-    >>> keep_fraction(0.5, "none", 1000, 200)
+    >>> keep_fraction(0.5, (), 1000, 200)
     0.5
-    >>> round(keep_fraction(0.5, "cts", 1000, 200), 4)   # 0.5 · 1200 / 1003
+    >>> round(keep_fraction(0.5, ["cts"], 1000, 200), 4)   # 0.5 · 1200 / 1003
     0.5982
-    >>> keep_fraction(0.9, "cts", 100, 400)
+    >>> keep_fraction(0.9, ["cts"], 100, 400)
     1.0
     """
-    if compat == "cts":
+    if "cts" in compat:
         return min(1.0, ratio * (n_condition + n_thinking) / (n_thinking + 3))
     return ratio
 
@@ -172,7 +173,7 @@ def cts_threshold(buffer: torch.Tensor, fraction: float) -> float:
 
 
 def select_threshold(window: torch.Tensor, a: int, threshold: float) -> list[int]:
-    """`compat cts`: keep the window's tokens scored strictly above the threshold."""
+    """`--compat cts`: keep the window's tokens scored strictly above the threshold."""
     return [a + j for j in range(window.numel()) if float(window[j]) > threshold]
 
 
@@ -319,7 +320,7 @@ class Compressor:
         import torch
 
         a, b = job.windows[run.window]
-        if self.opts.compat == "cts":
+        if "cts" in self.opts.compat:
             stale = job.first[b:] if job.first is not None else torch.zeros(0)
             buffer = torch.cat([prefix_scores, window, stale])
             kept = select_threshold(window, a, cts_threshold(buffer, run.fraction))
@@ -339,9 +340,9 @@ class Compressor:
                 RatioRun(r, keep_fraction(r, self.opts.compat, len(job.ids), n_cond))
                 for r in self.opts.ratios
             ]
-        # window 0 (compat cts: the whole thinking, the first pass) — shared by all ratios
+        # window 0 (--compat cts: the whole thinking, the first pass) — shared by all ratios
         first = [
-            (job, (), 0, len(job.ids) if self.opts.compat == "cts" else job.windows[0][1])
+            (job, (), 0, len(job.ids) if "cts" in self.opts.compat else job.windows[0][1])
             for job in jobs
         ]
         for job, scores in zip(jobs, self._score(first), strict=True):
@@ -383,7 +384,7 @@ def output_row(job: Job, run: RatioRun, opts: CTSOptions) -> dict:
             "ratio": run.ratio,
             "keep_fraction": round(run.fraction, 6),
             "scorer": opts.scorer,
-            "compat": opts.compat,
+            "compat": list(opts.compat),
             "thinking_tokens": job.original_tokens,
             "scored_tokens": len(job.ids),
             "kept_tokens": len(run.kept),
@@ -558,7 +559,7 @@ def compress_file(
         "traces": str(traces),
         "options": {
             "scorer": opts.scorer,
-            "compat": opts.compat,
+            "compat": list(opts.compat),
             "condition": opts.condition,
             "iterative_size": opts.iterative_size,
             "max_thinking": opts.max_thinking,
@@ -644,7 +645,8 @@ def add_cts_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--compat",
         choices=COMPATS,
-        default="none",
+        action="append",
+        default=[],
         help="cts: the original's effective ratio and threshold rule (see README › CTS)",
     )
     parser.add_argument(

@@ -34,6 +34,7 @@ import yaml
 
 from budgetthinker.config import (
     build,
+    check_compat,
     env_overrides,
     load_yaml,
     merge,
@@ -82,13 +83,12 @@ class SFTOptions:
     data: DataOptions | None = None
     # further runs, each a mapping of LLaMA-Factory keys, starting from the previous output_dir
     then: list[dict] = field(default_factory=list)
-    # seed: the original's data (control tokens counted from the first thinking token)
-    compat: str | None = None
+    # [seed]: the original's data (control tokens counted from the first thinking token)
+    compat: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        if self.compat not in (None, "seed"):
-            raise ValueError(f"compat must be null or seed (the original), got {self.compat!r}")
-        if self.compat == "seed" and self.data is not None:
+        self.compat = check_compat(self.compat, ("seed",), "budgetthinker.compat")
+        if "seed" in self.compat and self.data is not None:
             self.data.placement = "thinking"
         parse_special_token_loss(self.special_token_loss)
         if self.nproc < 0:

@@ -304,7 +304,7 @@ def test_compat_seed_sets_the_original_rollout(tmp_path):
         ("+budgetthinker.unknown=1", "unknown config key 'budgetthinker.unknown'"),
         ("budgetthinker.tip=prompt_v1", "tip must be one of control, default"),
         ("budgetthinker.two_stage_request=twice", "two_stage_request must be same"),
-        ("budgetthinker.compat=s1", "compat must be null or seed"),
+        ("budgetthinker.compat=s1", "budgetthinker.compat: no switch for 's1' here"),
         ("trainer.total_epochs=8", "budgetthinker.epochs=8"),
         ("data.train_batch_size=64", "fewer than data.train_batch_size 64"),
         ("trainer.n_gpus_per_node=3", "verl rejects this configuration.*divisible"),

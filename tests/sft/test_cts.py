@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from budgetthinker.cli import main
+from budgetthinker.errors import UserError
 from budgetthinker.sft.cts import (
     AppendOnlyJsonl,
     Compressor,
@@ -74,8 +75,10 @@ def test_cts_threshold_is_llmlingua_rank_rule():
 def test_compat_fraction_is_the_b2_formula():
     for ratio, n_thk, n_ans in ((0.5, 1000, 200), (0.6, 37, 11), (0.9, 100, 400), (0.5, 10, 0)):
         expected = min(1.0, ratio * (n_ans + n_thk) / (n_thk + 3))
-        assert keep_fraction(ratio, "cts", n_thk, n_ans) == pytest.approx(expected)
-        assert keep_fraction(ratio, "none", n_thk, n_ans) == ratio
+        assert keep_fraction(ratio, ["cts"], n_thk, n_ans) == pytest.approx(expected)
+        assert keep_fraction(ratio, [], n_thk, n_ans) == ratio
+    with pytest.raises(UserError, match="--compat: no switch for 'none' here"):
+        CTSOptions(ratios=(0.5,), compat="none")
 
 
 def test_output_paths_and_final_part(tmp_path):
@@ -216,13 +219,13 @@ def test_output_is_the_original_text_at_token_boundaries(scorer):
             assert row["response"].endswith("\n</think>\n" + raw["response"].split("</think>\n")[1])
 
 
-def slow_windowed(scorer, job, ratio: float, size: int, compat: str) -> list[int]:
+def slow_windowed(scorer, job, ratio: float, size: int, compat: tuple) -> list[int]:
     """The windowed rule written out: each window scored on its own with two plain passes."""
     cond_ctx, plain_ctx = contexts(scorer, job.tail)
     ids, n = job.ids, len(job.ids)
     n_cond = len(scorer.tokenizer(job.tail, add_special_tokens=False).input_ids)
-    tau = min(1.0, ratio * (n_cond + n) / (n + 3)) if compat == "cts" else ratio
-    if compat == "cts":  # the first pass: the whole thinking, nothing dropped yet
+    tau = min(1.0, ratio * (n_cond + n) / (n + 3)) if "cts" in compat else ratio
+    if "cts" in compat:  # the first pass: the whole thinking, nothing dropped yet
         first = direct_scores(scorer, ids, cond_ctx, plain_ctx, "conditional")
     kept: list[int] = []
     for a in range(0, n, size):
@@ -230,7 +233,7 @@ def slow_windowed(scorer, job, ratio: float, size: int, compat: str) -> list[int
         targets = [ids[i] for i in kept] + ids[a:b]
         scores = direct_scores(scorer, targets, cond_ctx, plain_ctx, "conditional").tolist()
         window = scores[len(kept) :]
-        if compat == "cts":
+        if "cts" in compat:
             buffer = scores + first[b:].tolist()
             rank = max(0, min(len(buffer) - 1, int(len(buffer) * tau) - 1))
             threshold = sorted(buffer, reverse=True)[rank] if tau < 1 else -math.inf
@@ -243,7 +246,7 @@ def slow_windowed(scorer, job, ratio: float, size: int, compat: str) -> list[int
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("compat, ratios", [("none", (0.5, 0.7)), ("cts", (0.6,))])
+@pytest.mark.parametrize("compat, ratios", [((), (0.5, 0.7)), (("cts",), (0.6,))])
 def test_several_windows_agree_with_a_slow_reimplementation(scorer, compat, ratios):
     trace = make_trace(1, 5, 2)  # 81 thinking tokens: 4 windows of 24
     size = 24
@@ -252,7 +255,7 @@ def test_several_windows_agree_with_a_slow_reimplementation(scorer, compat, rati
     assert len(job.windows) >= 4
     for run in job.runs:
         assert run.kept == slow_windowed(scorer, job, run.ratio, size, compat), run.ratio
-        if compat == "none":
+        if not compat:
             assert abs(len(run.kept) - run.ratio * len(job.ids)) <= 0.5
 
 

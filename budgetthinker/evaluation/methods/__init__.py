@@ -52,7 +52,7 @@ class SampleContext:
     two_stage: bool = False
     seed: int = 0  # this sample's seed (see `generation.sample_seed`)
     longest_prompt: int = 0  # longest prompt of this benchmark for this method (s1's `auto`)
-    compat: tuple[str, ...] = ()  # the recipe's faithful switches (`seed`, `s1`)
+    compat: tuple[str, ...] = ()  # the recipe's originals to reproduce (`seed`, `s1`)
     stop_at_think_end: bool = True
     eos_ids: frozenset[int] = frozenset()
     question: str = ""  # the problem's text (TALE-EP builds its second prompt from it)
@@ -87,6 +87,13 @@ class Outcome:
 Episode = Generator[GenRequest, GenResult, Outcome]
 
 
+def _shown(value: Any) -> str:
+    """A parameter value in a method's display name (a list such as `compat: [tale]` → `tale`)."""
+    if isinstance(value, (list, tuple)):
+        return "+".join(map(str, value))
+    return str(value)
+
+
 class Method(ABC):
     """Base of every method; subclasses set `name`, `description`, `defaults` and `episode`."""
 
@@ -117,7 +124,7 @@ class Method(ABC):
         """Stable name in results: the label, or the name plus every non-default parameter."""
         if self.label:
             return self.label
-        changed = [f"{k}={self.params[k]}" for k in sorted(self.params)
+        changed = [f"{k}={_shown(self.params[k])}" for k in sorted(self.params)
                    if self.params[k] != self.defaults[k]]  # fmt: skip
         return f"{self.name}[{','.join(changed)}]" if changed else self.name
 

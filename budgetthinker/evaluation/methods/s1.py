@@ -9,7 +9,7 @@ decide instead. Then `thinking_end` is appended (`thinking_end + "\\nFinal Answe
 "\\n" unless the text ends with one, when thinking hit the cap) and the answer generated.
 
 Budget per round: by default each extra round gets what is left of B (the s1 README loop).
-`compat: s1` reproduces the fork: every round may use the full B and the sum is cut to B
+`compat: [s1]` reproduces the fork: every round may use the full B and the sum is cut to B
 afterwards (a sample cut that way whose last round stopped by itself gets no "Final Answer:").
 
 `thinking_start`/`thinking_end` default to the model's delimiters (`auto`: `<think>`/`</think>`
@@ -128,11 +128,11 @@ class S1(Method):
 
     def scaler(self, ignore_ids: list[int], compat: bool):
         """The scaling function (`default`: always go on with the ignore string); under
-        `compat: s1` entropy_thresholding uses the fork's rule unless the recipe sets it."""
+        `compat: [s1]` entropy_thresholding uses the fork's rule unless the recipe sets it."""
         sf = dict(self.params["scale_func"] or {"name": "default"})
         name = sf.pop("name")
         if compat and name == "entropy_thresholding":
-            sf.setdefault("compat", True)
+            sf.setdefault("compat", ["s1"])
         return get_scale_func(name, ignore_ids, **sf)
 
     def answer_cap(self, max_new_tokens: int | None) -> int:

@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from budgetthinker.config import check_compat
 from budgetthinker.errors import UserError
 
 Scaler = Callable[..., tuple[bool, list[int]]]
@@ -78,22 +79,23 @@ def entropy_thresholding(
     threshold: float = 0.5,
     decay_factor: float = 1.0,
     last_k: float = -1,
-    compat: bool = False,
+    compat: Sequence[str] = (),
 ) -> bool:
     """Continue while the mean normalised entropy of the last round's tokens (its last `last_k`;
     0 < last_k < 1: that fraction; −1: all) is above `threshold · decay_factor^iteration`
-    (SPEC §7: keep thinking while the model is uncertain). `compat=True` is the fork's rule:
+    (SPEC §7: keep thinking while the model is uncertain). `compat: [s1]` is the fork's rule:
     continue while it is *below* that value, with a fractional last_k taken of the whole
     sequence (prompt included)."""
+    fork = "s1" in check_compat(compat, ("s1",), "scale_func compat")
     ent = list(entropies or [])
     k = last_k
     if 0 < k < 1:
-        k = math.ceil(k * (len(seq) if compat else len(ent)))
+        k = math.ceil(k * (len(seq) if fork else len(ent)))
     if k > -1 and k != 0:
         ent = ent[-int(k) :]
     mean = sum(ent) / len(ent) if ent else 0.0
     limit = threshold * decay_factor**iteration
-    return mean < limit if compat else mean > limit
+    return mean < limit if fork else mean > limit
 
 
 def get_scale_func(name: str, scale_token: Sequence[int], **params: Any) -> Scaler:

@@ -25,6 +25,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from typing import Any, ClassVar
 
+from budgetthinker.config import check_compat
 from budgetthinker.control_spec import ControlSpec, Mode
 from budgetthinker.errors import UserError
 from budgetthinker.evaluation.methods import Episode, Method, Outcome, SampleContext, register
@@ -51,16 +52,14 @@ class TaleMethod(Method):
     answer_format = "tale"
     defaults: ClassVar[dict[str, Any]] = {
         "family": "gsm8k",  # prompt family (budgetthinker.evaluation.tale.prompts.FAMILIES)
-        "compat": "chat",  # chat (model's template) | tale (the original's plain string)
+        "compat": [],  # [tale]: the original's plain string instead of the model's template
     }
 
     def validate(self) -> None:
         family(self.params["family"])
-        if self.params["compat"] not in COMPATS:
-            raise UserError(
-                f"method {self.name} compat must be one of {', '.join(COMPATS)}, got "
-                f"{self.params['compat']!r}"
-            )
+        self.params["compat"] = check_compat(
+            self.params["compat"], COMPATS, f"method {self.name} compat"
+        )
 
     def check_budget(self, budget: int, spec: ControlSpec | None) -> None:
         check_budget(budget)

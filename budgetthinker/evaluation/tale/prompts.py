@@ -14,8 +14,10 @@ longer the method the paper measured.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+from budgetthinker.config import check_compat
 from budgetthinker.errors import UserError
 from budgetthinker.prompts import chat_prompt
 
@@ -102,14 +104,14 @@ ESTIMATOR_CONTEXT = (
 ESTIMATOR_TEMPLATE = '{context}\n\nBelow is the question:\n\nQuestion: "{question}"\n'
 """The LangChain `PromptTemplate` the estimator instruction is wrapped in."""
 
-COMPATS = ("chat", "tale")
-"""Renderings: `chat` = the model's own chat template with TALE's system line (default);
-`tale` = the original's plain string for local models (`TALE_PLAIN`)."""
+COMPATS = ("tale",)
+"""The original TALE has a switch for: `compat: [tale]` renders the original's plain string for
+local models (`TALE_PLAIN`) instead of the model's own chat template with TALE's system line."""
 
 TALE_PLAIN = "You are a helpful assistant.\nUser: {prompt}\nAssistant:"
 
 TALE_SAMPLING = {"temperature": 0.1, "top_p": 0.9, "repetition_penalty": 1.2, "max_tokens": 1024}
-"""The original's vLLM sampling for local models (`compat: tale`)."""
+"""The original's vLLM sampling for local models (with `compat: [tale]`)."""
 
 _ESTIMATE = re.compile(r"\[\[(\d+)\]\]")
 
@@ -186,16 +188,15 @@ def parse_estimate(text: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def render(tokenizer, prompt: str, compat: str = "chat") -> str:
+def render(tokenizer, prompt: str, compat: Sequence[str] | str | None = ()) -> str:
     """The full model input for a TALE prompt.
 
-    `chat`: the model's chat template with TALE's system line (what its API runs sent: system
+    Default: the model's chat template with TALE's system line (what its API runs sent: system
     "You are a helpful assistant." + user prompt); a tokenizer without a template falls back to
-    the plain string. `tale`: the original's plain string for local models (no chat template).
+    the plain string. `compat: [tale]`: the original's plain string for local models.
     """
-    if compat not in COMPATS:
-        raise UserError(f"unknown TALE compat {compat!r}; choose one of {', '.join(COMPATS)}")
-    if compat == "tale" or not getattr(tokenizer, "chat_template", None):
+    compat = check_compat(compat, COMPATS, "TALE compat")
+    if "tale" in compat or not getattr(tokenizer, "chat_template", None):
         return TALE_PLAIN.format(prompt=prompt)
     return chat_prompt(tokenizer, prompt, system=SYSTEM)
 

@@ -454,9 +454,9 @@ def add_args(parser) -> None:
     )  # fmt: skip
     parser.add_argument("--out", required=True, help="search output (JSONL; resumed if present)")
     parser.add_argument("--family", default="gsm8k", help="TALE prompt family (default gsm8k)")
-    parser.add_argument("--compat", choices=("chat", "tale"), default="chat",
-                        help="chat: the model's template; tale: the original's plain string "
-                        "and sampling (temperature 0.1, top-p 0.9)")  # fmt: skip
+    parser.add_argument("--compat", choices=("tale",), action="append", default=[],
+                        help="tale: the original's plain prompt string and sampling (temperature "
+                        "0.1, top-p 0.9) instead of the model's chat template")  # fmt: skip
     parser.add_argument(
         "--rule", choices=RULES, default="code",
         help="code: the original script (default); paper: Algorithms 1-2",
@@ -508,7 +508,7 @@ def run_cli(args) -> int:
     family(args.family)  # before any model loads
     if args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be positive, got {args.max_new_tokens}")
-    tale = args.compat == "tale"
+    tale = "tale" in args.compat
     temperature = args.temperature if args.temperature is not None else (
         TALE_SAMPLING["temperature"] if tale else 0.0)  # fmt: skip
     top_p = args.top_p if args.top_p is not None else (TALE_SAMPLING["top_p"] if tale else 1.0)

@@ -1,5 +1,5 @@
-"""The README's "Add a method" example, taken from the README itself: it loads by dotted path,
-runs its two rounds on the embedded model and returns what it says."""
+"""The example of docs/methods/custom.md ("Writing a method"), taken from that page itself: it
+loads by dotted path, runs its two rounds on the embedded model and returns what it says."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from budgetthinker.errors import UserError
 from budgetthinker.evaluation.methods import METHODS, SampleContext, get_method
 from budgetthinker.evaluation.runner import run_episodes
 
-README = Path(__file__).resolve().parents[3] / "README.md"
+DOCS_PAGE = Path(__file__).resolve().parents[3] / "docs" / "methods" / "custom.md"
 
 
 @pytest.fixture
-def readme_method(tmp_path, monkeypatch):
-    code = re.search(r"```python\n(# mymethods\.py\n.*?)```", README.read_text(), re.S).group(1)
+def docs_method(tmp_path, monkeypatch):
+    code = re.search(r"```python\n(# mymethods\.py\n.*?)```", DOCS_PAGE.read_text(), re.S).group(1)
     (tmp_path / "mymethods.py").write_text(code)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield
@@ -28,7 +28,7 @@ def readme_method(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_readme_method_runs(readme_method, hf_backend, tokenizer, spec, prompt_ids):
+def test_docs_method_runs(docs_method, hf_backend, tokenizer, spec, prompt_ids):
     method = get_method({"name": "mymethods:Twice", "phrase": " Answer:"})
     assert method.display_name == "twice[phrase= Answer:]"
     ctx = SampleContext(

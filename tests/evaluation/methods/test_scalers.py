@@ -38,11 +38,11 @@ def test_entropy_thresholding_follows_spec_and_compat_rules():
     assert call(last, entropies=[0.9, 0.9, 0.1, 0.2])[0] is False  # only the last two count
     frac = get_scale_func("entropy_thresholding", [9], threshold=0.5, last_k=0.25)
     assert call(frac, entropies=[0.1, 0.1, 0.1, 0.9])[0] is True  # ceil(0.25·4) = 1 token
-    fork = get_scale_func("entropy_thresholding", [9], threshold=0.5, compat=True)
+    fork = get_scale_func("entropy_thresholding", [9], threshold=0.5, compat=["s1"])
     assert call(fork, entropies=[0.1])[0] is True and call(fork, entropies=[0.9])[0] is False
     # The fork's fraction is of the whole sequence (prompt included): ceil(0.5·8) = 4 tokens.
     fork_frac = get_scale_func("entropy_thresholding", [9], threshold=0.5, last_k=0.5,
-                               compat=True)  # fmt: skip
+                               compat="s1")  # fmt: skip
     assert call(fork_frac, seq=range(8), entropies=[0.9, 0.0, 0.0, 0.0, 0.1])[0] is True
 
 

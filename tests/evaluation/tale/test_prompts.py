@@ -94,7 +94,7 @@ def test_bad_input_is_one_clear_error():
         tale.add_budget("no trigger here", 10)
     with pytest.raises(UserError, match="no direct-answer prompt"):
         tale.direct_prompt(Q, "gpqa")
-    with pytest.raises(UserError, match="unknown TALE compat"):
+    with pytest.raises(UserError, match="TALE compat: no switch for 'vllm' here"):
         tale.render(None, "P", "vllm")
 
 
@@ -208,8 +208,9 @@ def test_cot_tale_direct_on_the_embedded_model(tmp_path, hf_backend, tokenizer):
     assert plain == f"You are a helpful assistant.\nUser: {tale.cot_prompt(q)}\nAssistant:"
     with pytest.raises(UserError, match="unknown TALE prompt family"):
         get_method({"name": "tale", "family": "gsm9k"})
-    with pytest.raises(UserError, match="compat must be one of chat, tale"):
+    with pytest.raises(UserError, match="method cot compat: no switch for 'seed' here"):
         get_method({"name": "cot", "compat": "seed"})
+    assert get_method({"name": "cot", "compat": ["tale"]}).display_name == "cot[compat=tale]"
     with pytest.raises(UserError, match="positive integer"):
         run_eval(_eval_cfg(tmp_path, "methods=[tale]", "budgets=[-3]"))
 
