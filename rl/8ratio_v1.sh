@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# RL launcher (thin): the release recipe (SPEC §5) on verl — GRPO, budget curriculum 8ratio_v1,
+# RL launcher (thin): the release recipe (docs/spec.md §5) on verl — GRPO, budget curriculum 8ratio_v1,
 # control tokens forced in vLLM rollouts. Sets up the rl environment if needed, then runs
 # `budgetthinker rl --engine verl`, which writes the curriculum data and starts verl.
 #
@@ -10,7 +10,7 @@
 # Overrides are verl/Hydra `key=value`s and come last, so they win. The original variables are
 # aliases: MODEL_PATH (the policy model), steady (the recipe name, default 8ratio_v1),
 # stage (2: two-stage validation), remaining (8ratio: force control tokens; default: do not).
-# Multi-node: start Ray on every node first (README, "RL on verl").
+# Multi-node: start Ray on every node first (docs/stages/rl.md, "Multi-GPU, multi-node").
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$repo/scripts/setup_env.sh" rl
