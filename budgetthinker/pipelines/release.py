@@ -174,7 +174,7 @@ class Release:
     def _check_traces(self) -> str:
         traces = self.cfg.traces
         if not traces:
-            raise UserError("no SFT traces: pass traces=PATH.jsonl (fields in README › SFT)")
+            raise UserError("no SFT traces: pass traces=PATH.jsonl (fields in docs/stages/sft.md)")
         if traces != "synthetic" and not Path(traces).is_file():
             raise UserError(f"traces file {traces} does not exist; pass traces=PATH.jsonl")
         return f"traces {traces}"
@@ -259,12 +259,12 @@ def merge_rl(checkpoints: Path, spec_dir: Path, out: Path) -> None:
         publish_dir(tmp, out)
 
 
-# ── expected GPU hours for the 1.5B release (README table) ─────────────────────────────────
+# ── expected GPU hours for the 1.5B release (docs/stages/release.md) ───────────────────────
 
 
 @dataclass(frozen=True)
 class Assumptions:
-    """What the GPU-hour estimate rests on; the defaults are stated in README › Release."""
+    """What the GPU-hour estimate rests on; the defaults are stated in docs/stages/release.md."""
 
     params: float = 1.78e9  # DeepSeek-R1-Distill-Qwen-1.5B incl. untied embeddings
     sft_rows: int = 50_000  # unknown for the release data (reference note §4.3): an assumption
@@ -310,7 +310,7 @@ def gpu_hours_table(a: Assumptions = Assumptions()) -> str:
 
 
 def _print_gpu_hours() -> None:
-    print("\nExpected GPU hours for the 1.5B release (README › Release pipeline):")
+    print("\nExpected GPU hours for the 1.5B release (docs/stages/release.md):")
     print(gpu_hours_table())
 
 

@@ -14,8 +14,9 @@ forcing switches) that verl ignores. The launcher:
    shifts a batch boundary), at budgetthinker's agent loop, and sets
    `trainer.save_freq` to one curriculum epoch unless given; checks the result with verl's own
    `validate_config`; writes the resolved config next to the data;
-4. replaces itself with `python -m verl.trainer.main_ppo …` (Ray: one node or many, see README),
-   with TensorBoard logs in `runs/<experiment>/tensorboard` unless `TENSORBOARD_DIR` is set.
+4. replaces itself with `python -m verl.trainer.main_ppo …` (Ray: one node or many, see
+   docs/stages/rl.md), with TensorBoard logs in `runs/<experiment>/tensorboard` unless
+   `TENSORBOARD_DIR` is set.
 
 `--dry-run` stops after step 3 and prints the verl command: everything but training runs on CPU.
 """

@@ -53,7 +53,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--traces",
         required=True,
-        help="reasoning traces (JSONL; fields in README.md › SFT), or 'synthetic' for 256 "
+        help="reasoning traces (JSONL; fields in docs/stages/sft.md), or 'synthetic' for 256 "
         "synthetic traces",
     )
     parser.add_argument("--out", required=True, help="dataset_dir to write to")

@@ -2,8 +2,8 @@
 
     budgetthinker cts --ref-model DIR --traces IN.jsonl --out OUT.jsonl --ratio 0.6 [--ratio 0.8 …]
 
-Every thinking token `x_i` gets a score from a reference causal LM R (SPEC §CTS, reference note
-tale_cts.md B.2):
+Every thinking token `x_i` gets a score from a reference causal LM R (docs/spec.md §7.4,
+reference note tale_cts.md B.2):
 
     conditional       s_i = log p_R(x_i | answer, "\\n\\n", x̃_<i) − log p_R(x_i | "\\n\\n", x̃_<i)
     self_information  s_i = − log p_R(x_i | "\\n\\n", x̃_<i)     (LLMLingua/TokenSkip ablation)
@@ -591,7 +591,7 @@ def compress_file(
         reasons = ", ".join(f"{k}: {v}" for k, v in report["dropped"].items()) or "empty input"
         raise UserError(
             f"no trace was compressed ({read} read; dropped {reasons}); see the accepted fields "
-            "in README.md (SFT stage) and the CTS guide"
+            "in docs/stages/sft.md and docs/stages/cts.md"
         )
     return report
 
@@ -647,7 +647,7 @@ def add_cts_args(parser: argparse.ArgumentParser) -> None:
         choices=COMPATS,
         action="append",
         default=[],
-        help="cts: the original's effective ratio and threshold rule (see README › CTS)",
+        help="cts: the original's effective ratio and threshold rule (see docs/stages/cts.md)",
     )
     parser.add_argument(
         "--condition",

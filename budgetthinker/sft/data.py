@@ -506,7 +506,7 @@ def build_dataset(
             hint = " (raise --max-thinking to keep them)" if stats.dropped["too_long"] else ""
             raise UserError(
                 f"no trace was kept ({stats.read} read; {dict(stats.dropped)}){hint}; see the "
-                "accepted fields in README.md (SFT stage); nothing was written"
+                "accepted fields in docs/stages/sft.md; nothing was written"
             )
         report = {
             "name": name,

@@ -135,7 +135,7 @@ def test_report_table_from_samples(tmp_path):
 def test_think_end_logprob_is_the_teacher_forced_value_and_text_init_raises_it(tmp_path):
     """The report's log p(`</think>`) on the real embedded model: equal to a direct forward pass
     over the row, and far higher with `--embedding-init text` than with `mean` — the finding of
-    run 1 (docs/experiment_cpu_2026-11-29.md) that made the recipe use `text`."""
+    run 1 (docs/logs/experiment_cpu_2026-11-29.md) that made the recipe use `text`."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
