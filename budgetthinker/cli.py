@@ -199,10 +199,10 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
 
 def run_eval(args: argparse.Namespace) -> int:
     from budgetthinker.config import load_config
-    from budgetthinker.evaluation.config import ENV_ALIASES, EvalConfig
+    from budgetthinker.evaluation.config import EvalConfig
     from budgetthinker.evaluation.runner import run_eval as run
 
-    cfg = load_config(EvalConfig, args.config, args.overrides, env=ENV_ALIASES)
+    cfg = load_config(EvalConfig, args.config, args.overrides, aliases_of="eval")
     run(cfg)
     return 0
 

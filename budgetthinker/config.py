@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from budgetthinker import aliases
 from budgetthinker.errors import UserError
 
 T = TypeVar("T")
@@ -214,39 +215,16 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
-def env_overrides(aliases: Mapping[str, tuple[str, typing.Callable[[str], Any]]]) -> dict:
-    """Overrides from the original project's environment variables, for those that are set.
-
-    `aliases` maps an env var to (dotted config key, converter from the env string).
-    """
-    result: dict = {}
-    for var, (key, convert) in aliases.items():
-        raw = os.environ.get(var)
-        if raw is None or raw == "":
-            continue
-        try:
-            value = convert(raw)
-        except (TypeError, ValueError) as e:
-            raise UserError(
-                f"environment variable {var}={raw!r} is not valid for {key}: {e}"
-            ) from None
-        node = result
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return result
-
-
 def load_config(
     cls: type[T],
     path: str | os.PathLike | None,
     overrides: Sequence[str] = (),
-    env: Mapping[str, tuple[str, typing.Callable[[str], Any]]] | None = None,
+    aliases_of: str | None = None,
 ) -> T:
-    """Recipe file (optional) < environment aliases < command-line overrides."""
+    """Recipe file (optional) < the original environment variables of stage `aliases_of`
+    (`budgetthinker.aliases`) < command-line overrides."""
     data = load_yaml(path) if path is not None else {}
-    if env:
-        data = merge(data, env_overrides(env))
+    if aliases_of:
+        data = merge(data, aliases.nested(aliases.read(aliases_of)))
     data = merge(data, parse_overrides(overrides))
     return build(cls, data)

@@ -8,7 +8,7 @@ import pytest
 
 from budgetthinker.config import build, load_config, parse_overrides
 from budgetthinker.errors import UserError
-from budgetthinker.evaluation.config import ENV_ALIASES, EvalConfig
+from budgetthinker.evaluation.config import EvalConfig
 
 REPO = Path(__file__).resolve().parent.parent
 RECIPES = sorted((REPO / "configs" / "eval").glob("*.yaml"))
@@ -78,21 +78,21 @@ def test_env_aliases(monkeypatch):
     monkeypatch.setenv("DATA_NAME", "math500,aime24")
     monkeypatch.setenv("remaining", "8ratio")
     monkeypatch.setenv("stage", "2")
-    cfg = load_config(EvalConfig, None, [], env=ENV_ALIASES)
+    cfg = load_config(EvalConfig, None, [], aliases_of="eval")
     assert cfg.model == "ckpt/model"
     assert cfg.data.benchmarks == ["math500", "aime24"]
     assert cfg.methods == ["control"] and cfg.two_stage is True
     # command-line overrides win over env aliases
-    assert load_config(EvalConfig, None, ["two_stage=false"], env=ENV_ALIASES).two_stage is False
+    assert load_config(EvalConfig, None, ["two_stage=false"], aliases_of="eval").two_stage is False
 
 
 def test_env_tip_without_forcing(monkeypatch):
     monkeypatch.setenv("remaining", "default")
     monkeypatch.setenv("tip", "prompt_v1")
-    assert load_config(EvalConfig, None, [], env=ENV_ALIASES).methods == ["prompt_v1"]
+    assert load_config(EvalConfig, None, [], aliases_of="eval").methods == ["prompt_v1"]
     monkeypatch.setenv("stage", "add")
     with pytest.raises(UserError, match="stage"):
-        load_config(EvalConfig, None, [], env=ENV_ALIASES)
+        load_config(EvalConfig, None, [], aliases_of="eval")
 
 
 def test_parse_overrides_yaml_values():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 
 from budgetthinker.config import check_compat
@@ -107,32 +106,3 @@ class EvalConfig:
             if value is not None and value < 1:
                 raise ValueError(f"{key} must be a positive integer, got {value}")
 
-
-def _methods_from_env(_: str) -> list[str]:
-    """`remaining` (forcing on/off) and `tip` (prompt) of the original Eval.sh → methods."""
-    # The original scripts used these lower-case names; they are aliases, kept as they were.
-    remaining = os.environ.get("remaining", "")  # noqa: SIM112
-    tip = os.environ.get("tip", "")  # noqa: SIM112
-    if remaining.endswith("ratio") or remaining.startswith("remaining"):
-        return ["control"]
-    tips = {"8ratio": "control", "default": "withoutremaining"}
-    return [tips.get(tip, tip) or "withoutremaining"]
-
-
-def _two_stage(value: str) -> bool:
-    if value == "2":
-        return True
-    if value in ("1", "0", "none"):
-        return False
-    raise ValueError("use stage=2 for two-stage inference or stage=1 for one stage")
-
-
-ENV_ALIASES = {
-    "MODEL_NAME_OR_PATH": ("model", str),
-    "DATA_NAME": ("data.benchmarks", lambda v: [b.strip() for b in v.split(",") if b.strip()]),
-    "remaining": ("methods", _methods_from_env),
-    "tip": ("methods", _methods_from_env),
-    "stage": ("two_stage", _two_stage),
-    "budget": ("budgets", lambda v: [int(b) for b in v.replace(",", " ").split()]),
-}
-"""Environment variables of the original evaluation scripts, accepted as aliases."""

@@ -156,9 +156,9 @@ class Release:
         out = [f"actor_rollout_ref.model.path={model}", f"budgetthinker.output_dir={self.rl_root}",
                f"budgetthinker.experiment={RL_EXPERIMENT}"]  # fmt: skip
         if rl.train_files is not None:
-            out.append(f"budgetthinker.train_files={_yaml_list(rl.train_files)}")
+            out.append(f"budgetthinker.data.train_files={_yaml_list(rl.train_files)}")
         if rl.val_files is not None:
-            out.append(f"budgetthinker.val_files={_yaml_list(rl.val_files)}")
+            out.append(f"budgetthinker.data.val_files={_yaml_list(rl.val_files)}")
         return out + list(rl.overrides)
 
     # ── dry-run checks: each returns a note or raises UserError naming the fix ─────────────

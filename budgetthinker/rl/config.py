@@ -7,10 +7,10 @@ Command-line `key=value` overrides win over the recipe.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from budgetthinker import aliases
 from budgetthinker.config import check_compat, load_config, recipes_root, shipped_recipes
 from budgetthinker.config import resolve_recipe as resolve_shipped
 from budgetthinker.errors import UserError
@@ -24,39 +24,35 @@ RECIPE_DIR = recipes_root() / "rl"
 ENGINES = ("trl",)
 
 
+TIPS = ("control", "default")
+"""RL budget tips: `control` (the tip matching the control tokens) or `default` (budget only)."""
+
+
 @dataclass
-class RolloutConfig:
-    """Sampling of the rollouts.
+class BudgetRolloutConfig:
+    """The budget-aware rollout, the same keys on TRL (`rollout.…`) and verl
+    (`budgetthinker.rollout.…`; verl's own `actor_rollout_ref.rollout` holds its sampling).
 
     Args:
-        n (`int`, *optional*, defaults to `5`): responses per prompt (the GRPO group).
-        temperature, top_p: sampling; the release used 1.0 and 0.9.
-        max_prompt_length (`int`, *optional*, defaults to `1024`): longer prompts are an error.
-        max_response_length (`int`, *optional*, defaults to `10000`): the generation cap is
-            `min(Bt + Bt//4, max_response_length − 200)`.
-        mask_forced_tokens (`bool`, *optional*, defaults to `True`): leave forced control tokens
-            out of the policy loss; `false` is the original behaviour (they are trained on).
-        tip (`str`, *optional*, defaults to `"control"`): the budget tip of the prompt.
+        tip (`str`, *optional*, defaults to `"control"`): the budget tip of the prompt
+            (`control` or `default`).
         force (`bool`, *optional*, defaults to `True`): force control tokens in rollouts
             (`false`: the budget is in the prompt only, the original's `remaining=default`).
+        mask_forced_tokens (`bool`, *optional*, defaults to `True`): leave forced control tokens
+            out of the policy loss; `false` is the original behaviour (they are trained on).
         stop_at_think_end (`bool`, *optional*, defaults to `True`): no control tokens after
             `</think>` (`false`: the original).
         validation_two_stage (`bool`, *optional*, defaults to `True`): validation answers with
-            two-stage (the release's `stage=2`), as on verl.
+            two-stage (the release's `stage=2`).
         two_stage_answer_tokens (`int`, *optional*, defaults to `40`): answer after the suffix.
         two_stage_request (`str`, *optional*, defaults to `"same"`): `same` forces the suffix in
             the same request when thinking is still open; `second` is the original (truncate
             to Bt − 50, suffix, a second request).
     """
 
-    n: int = 5
-    temperature: float = 1.0
-    top_p: float = 0.9
-    max_prompt_length: int = 1024
-    max_response_length: int = 10000
-    mask_forced_tokens: bool = True
     tip: str = "control"
     force: bool = True
+    mask_forced_tokens: bool = True
     stop_at_think_end: bool = True
     validation_two_stage: bool = True
     two_stage_answer_tokens: int = 40
@@ -64,6 +60,39 @@ class RolloutConfig:
 
     def __post_init__(self) -> None:
         check_two_stage_request(self.two_stage_request, "rollout.two_stage_request")
+        if self.tip not in TIPS:
+            raise ValueError(f"rollout.tip must be one of {', '.join(TIPS)}, got {self.tip!r}")
+        if self.two_stage_answer_tokens < 1:
+            raise ValueError("rollout.two_stage_answer_tokens must be positive")
+
+    def apply_compat(self, compat: list[str]) -> None:
+        """`compat: [seed]`: every rollout improvement back to the original."""
+        if "seed" in compat:
+            self.mask_forced_tokens = False
+            self.stop_at_think_end = False
+            self.two_stage_request = "second"
+
+
+@dataclass
+class RolloutConfig(BudgetRolloutConfig):
+    """TRL's rollouts: the budget-aware keys plus the sampling (on verl, verl's own keys).
+
+    Args:
+        n (`int`, *optional*, defaults to `5`): responses per prompt (the GRPO group).
+        temperature, top_p: sampling; the release used 1.0 and 0.9.
+        max_prompt_length (`int`, *optional*, defaults to `1024`): longer prompts are an error.
+        max_response_length (`int`, *optional*, defaults to `10000`): the generation cap is
+            `min(Bt + Bt//4, max_response_length − 200)`.
+    """
+
+    n: int = 5
+    temperature: float = 1.0
+    top_p: float = 0.9
+    max_prompt_length: int = 1024
+    max_response_length: int = 10000
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.n < 2:
             raise ValueError("rollout.n must be at least 2 (GRPO compares responses in a group)")
         if self.temperature <= 0:
@@ -125,10 +154,7 @@ class RLConfig:
 
     def __post_init__(self) -> None:
         self.compat = check_compat(self.compat, ("seed",))
-        if "seed" in self.compat:
-            self.rollout.mask_forced_tokens = False
-            self.rollout.stop_at_think_end = False
-            self.rollout.two_stage_request = "second"
+        self.rollout.apply_compat(self.compat)
         sequences = self.trainer.global_batch_size * self.rollout.n
         micro = self.trainer.micro_batch_size
         if micro is not None and (micro < 1 or sequences % micro):
@@ -152,7 +178,7 @@ def recipes() -> list[str]:
 def resolve_recipe(config: str | None) -> Path:
     """A recipe path, or a shipped recipe's name; `None` → the `steady` variable."""
     if config is None:
-        config = os.environ.get("steady") or None  # noqa: SIM112  (the original's name)
+        config = aliases.value("steady")  # the original's variable (budgetthinker.aliases)
         if config is None:
             raise UserError(
                 "no RL recipe: pass --config configs/rl/<name>.yaml (or a recipe name: "
@@ -162,4 +188,4 @@ def resolve_recipe(config: str | None) -> Path:
 
 
 def load_rl_config(config: str | None, overrides: list[str] = ()) -> RLConfig:
-    return load_config(RLConfig, resolve_recipe(config), overrides)
+    return load_config(RLConfig, resolve_recipe(config), overrides, aliases_of="trl")

@@ -9,14 +9,15 @@ returns every generated token with loss mask 1. The rollout of SPEC §5 needs mo
 * generation stops at `min(Bt + Bt//4, max_response_length − 200)` tokens (`Bt = B + B//50`);
 * the response is truncated to `Bt − 50` tokens; that is what is trained on and scored;
 * forced control tokens get `response_mask` 0, so the policy loss, the KL loss and the entropy
-  leave them out (`budgetthinker.mask_forced_tokens: false` restores the original behaviour);
+  leave them out (`budgetthinker.rollout.mask_forced_tokens: false` restores the original
+  behaviour);
 * the budget and the untruncated length L reach the reward as `extra_info["budget"]` and
   `extra_info["response_length"]` (verl merges the loop's `extra_fields` into `extra_info`).
 
 Validation rows marked `two_stage` use the improved two-stage rule (SPEC §2) in the same request:
 if thinking is still open at `Bt` tokens the processor forces the RL suffix
 `"\\n</think>\\n**Final Answer**\\boxed"` and the answer gets `two_stage_answer_tokens` more
-tokens; those responses are scored whole. `budgetthinker.two_stage_request: second` is the
+tokens; those responses are scored whole. `budgetthinker.rollout.two_stage_request: second` is the
 original instead: each validation response is generated as in training, truncated to `Bt − 50`
 tokens, given the suffix, and continued by a second request (`budget_rollout.answer_request`).
 
@@ -46,8 +47,9 @@ def spec_of(model_path: str) -> ControlSpec:
 
 
 def rollout_settings(config: Any) -> dict[str, Any]:
-    """The `budgetthinker:` block of the trainer config, with defaults."""
-    block = config.get("budgetthinker", None) or {}
+    """`budgetthinker.rollout` of the trainer config (the launcher has applied `compat` to it),
+    with the defaults of `BudgetRolloutConfig`."""
+    block = (config.get("budgetthinker", None) or {}).get("rollout", None) or {}
     return {
         "force": bool(block.get("force", True)),
         "mask_forced_tokens": bool(block.get("mask_forced_tokens", True)),

@@ -32,18 +32,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from budgetthinker import aliases
 from budgetthinker.config import build, check_compat
 from budgetthinker.control_spec import load_spec
 from budgetthinker.errors import UserError
 from budgetthinker.outputs import atomic_text, plain_name
 from budgetthinker.preparation.models import DEFAULT, resolve_model
-from budgetthinker.rl.budget_rollout import check_two_stage_request
+from budgetthinker.rl.config import BudgetRolloutConfig
 from budgetthinker.rl.curriculum import Curriculum, CurriculumConfig
 from budgetthinker.rl.data import RLDataConfig, SyntheticRLConfig, load_split
 from budgetthinker.rl.verl_data import VerlData, chat_prompt_lengths, write_verl_data
 
 AGENT_LOOPS_FILE = Path(__file__).resolve().parent / "verl_agent_loops.yaml"
-TIPS = ("control", "default")
 SEED_ROLLOUT = {
     "mask_forced_tokens": "false",
     "stop_at_think_end": "false",
@@ -55,62 +55,59 @@ original reward's answer rule, `reward_kwargs.extraction: seed`)."""
 
 @dataclass
 class VerlRecipe:
-    """The `budgetthinker:` block of a verl recipe.
+    """The `budgetthinker:` block of a verl recipe: the same `data`, `curriculum` and `rollout`
+    blocks, with the same keys, as the TRL recipe (`budgetthinker.rl.config.RLConfig`).
 
     Args:
         experiment (`str`): names `runs/<experiment>/` (data, config, checkpoints).
-        train_files, val_files (`list[str]`): parquet/JSONL files with `problem_key` and
-            `answer_key`; no train files → synthetic problems (`synthetic`), for trials.
-        limit (`int`, *optional*): only the first `limit` problems of each split.
-        epochs (`int`): passes over the training problems (the curriculum's epochs).
+        output_dir (`str`): where run folders go.
+        data: the problems (`train_files`, `val_files` with `problem_key`/`answer_key`, `limit`;
+            no train files → `synthetic` problems, for trials).
+        epochs (`int`): passes over the training problems (the curriculum's epochs; verl's
+            `trainer.total_epochs` stays 1, as verl reads the curriculum stream once).
         curriculum: budgets per epoch, validation budget, seed.
-        tip (`str`): `control` (the tip matching the control tokens) or `default`.
-        force (`bool`): force control tokens in rollouts (`remaining=8ratio`).
-        mask_forced_tokens (`bool`): leave forced tokens out of the policy loss.
-        validation_two_stage (`bool`): two-stage answering in validation (`stage=2`).
-        two_stage_answer_tokens (`int`): answer length after the forced suffix.
-        two_stage_request (`str`): `same` (suffix forced in the same request, only when thinking
-            is still open) or `second` (the original: truncate to Bt − 50, suffix, second request).
-        stop_at_think_end (`bool`): no control tokens after `</think>` (false: the original).
-        compat (`list[str]`): `[seed]` switches every rollout improvement back to the
-            original (mask_forced_tokens, stop_at_think_end, two_stage_request).
+        rollout: the budget-aware rollout (tip, force, mask_forced_tokens, stop_at_think_end,
+            validation_two_stage, two_stage_answer_tokens, two_stage_request).
+        compat (`list[str]`): `[seed]` switches every rollout improvement back to the original
+            (and the reward to the original answer rule).
     """
 
     experiment: str = "8ratio_v1"
-    train_files: list[str] | None = field(default_factory=list)
-    val_files: list[str] | None = field(default_factory=list)
-    problem_key: str = "problem"
-    answer_key: str = "answer"
-    limit: int | None = None
-    synthetic: SyntheticRLConfig = field(default_factory=SyntheticRLConfig)
+    output_dir: str = "runs"
+    data: RLDataConfig = field(default_factory=RLDataConfig)
     epochs: int = 8
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
-    tip: str = "control"
-    force: bool = True
-    mask_forced_tokens: bool = True
-    validation_two_stage: bool = True
-    two_stage_answer_tokens: int = 40
-    two_stage_request: str = "same"
-    stop_at_think_end: bool = True
+    rollout: BudgetRolloutConfig = field(default_factory=BudgetRolloutConfig)
     compat: list[str] = field(default_factory=list)
-    output_dir: str = "runs"
 
     def __post_init__(self) -> None:
-        check_two_stage_request(self.two_stage_request, "budgetthinker.two_stage_request")
         self.compat = check_compat(self.compat, ("seed",), "budgetthinker.compat")
-        if self.tip not in TIPS:
-            raise ValueError(f"tip must be one of {', '.join(TIPS)}, got {self.tip!r}")
+        self.rollout.apply_compat(self.compat)
         plain_name(self.experiment, "experiment")  # it becomes <output_dir>/<experiment>/
 
-    def data_config(self) -> RLDataConfig:
-        return RLDataConfig(
-            train_files=self.train_files,
-            val_files=self.val_files,
-            problem_key=self.problem_key,
-            answer_key=self.answer_key,
-            limit=self.limit,
-            synthetic=self.synthetic,
-        )
+
+MOVED = {
+    **{k: f"data.{k}" for k in ("train_files", "val_files", "problem_key", "answer_key", "limit",
+                                "synthetic")},
+    **{k: f"rollout.{k}" for k in ("tip", "force", "mask_forced_tokens", "validation_two_stage",
+                                   "two_stage_answer_tokens", "two_stage_request",
+                                   "stop_at_think_end")},
+}  # fmt: skip
+"""Keys of the earlier flat `budgetthinker:` block → where they are now (the TRL recipe's shape)."""
+
+
+def check_moved_keys(overrides: list[str], block: dict | None = None) -> None:
+    """One line naming the new key for a flat key of the earlier recipe shape."""
+    used = [o.lstrip("+~").split("=", 1)[0] for o in overrides]
+    used += [f"budgetthinker.{k}" for k in (block or {})]
+    for key in used:
+        parts = key.split(".")
+        if len(parts) >= 2 and parts[0] == "budgetthinker" and parts[1] in MOVED:
+            new = "budgetthinker." + MOVED[parts[1]] + "".join("." + p for p in parts[2:])
+            raise UserError(
+                f"{key} is now {new}: the budgetthinker block has the TRL recipe's shape "
+                "(data, curriculum, rollout); see docs/stages/rl.md"
+            )
 
 
 def require_verl() -> None:
@@ -137,28 +134,16 @@ def is_verl_recipe(path: Path) -> bool:
 
 
 def alias_overrides(environ: dict[str, str] | None = None) -> list[str]:
-    """The original launch variables as Hydra overrides (command-line overrides come later)."""
-    env = os.environ if environ is None else environ
-    out = []
-    if env.get("MODEL_PATH"):
-        out.append(f"actor_rollout_ref.model.path={_quote(env['MODEL_PATH'])}")
-    stage = env.get("stage")
-    if stage:
-        if stage not in ("1", "2"):
-            raise UserError(f"stage={stage!r}: use stage=2 (two-stage validation) or stage=1")
-        out.append(f"budgetthinker.validation_two_stage={'true' if stage == '2' else 'false'}")
-    remaining = env.get("remaining")
-    if remaining:
-        if remaining.endswith("ratio"):
-            out += ["budgetthinker.force=true", "budgetthinker.tip=control"]
-        elif remaining == "default":
-            out += ["budgetthinker.force=false", "budgetthinker.tip=default"]
-        else:
-            raise UserError(
-                f"remaining={remaining!r}: use remaining=8ratio (force control tokens) or "
-                "remaining=default (budget in the prompt only)"
-            )
-    return out
+    """The original launch variables (`budgetthinker.aliases`, the table every stage reads) as
+    Hydra overrides; command-line overrides come later and win."""
+    return [f"{key}={_hydra_value(v)}" for key, v in aliases.read("verl", environ).items()]
+
+
+def _hydra_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value)
+    return text if text.isidentifier() else _quote(text)  # names bare, paths quoted
 
 
 def compose(recipe: Path, overrides: list[str]) -> Any:
@@ -194,6 +179,7 @@ def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
     """Steps 1–3 of the module docstring; nothing GPU-bound."""
     from omegaconf import OmegaConf
 
+    check_moved_keys(list(user_overrides))
     overrides = alias_overrides() + list(user_overrides)
     cfg = compose(recipe, overrides)
     if "budgetthinker" not in cfg:
@@ -201,6 +187,7 @@ def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
             f"{recipe} has no budgetthinker: block (curriculum and data); see 8ratio_v1.yaml"
         )
     block = OmegaConf.to_container(cfg.budgetthinker, resolve=True)
+    check_moved_keys([], block)
     bt = build(VerlRecipe, block, "budgetthinker")
     if int(cfg.trainer.total_epochs) != 1:
         raise UserError(
@@ -217,16 +204,15 @@ def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
         model = str(resolve_model(model))
         overrides.append(f"actor_rollout_ref.model.path={_quote(model)}")
     spec = load_spec(model)
-    data_cfg = bt.data_config()
-    train = load_split(data_cfg, "train", "budgetthinker.")
-    val = load_split(data_cfg, "val", "budgetthinker.")
+    train = load_split(bt.data, "train", "budgetthinker.data.")
+    val = load_split(bt.data, "val", "budgetthinker.data.")
     if not val:
-        if bt.train_files:
+        if bt.data.train_files:
             raise UserError(
-                "verl validates during training: set budgetthinker.val_files (e.g. "
+                "verl validates during training: set budgetthinker.data.val_files (e.g. "
                 "math500_RL.parquet)"
             )
-        syn = bt.synthetic
+        syn = bt.data.synthetic
         val = load_split(
             RLDataConfig(synthetic=SyntheticRLConfig(n=syn.n, seed=syn.seed + 1, steps=syn.steps)),
             "train",
@@ -243,10 +229,10 @@ def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
         val,
         Curriculum(bt.curriculum),
         mode=spec.parsed_mode,
-        tip=bt.tip,
+        tip=bt.rollout.tip,
         epochs=bt.epochs,
         batch_size=int(cfg.data.train_batch_size),
-        validation_two_stage=bt.validation_two_stage,
+        validation_two_stage=bt.rollout.validation_two_stage,
         prompt_lengths=chat_prompt_lengths(tokenizer, chat_kwargs),
         max_prompt_length=int(cfg.data.max_prompt_length),
     )
@@ -259,7 +245,7 @@ def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
         f"actor_rollout_ref.rollout.agent.agent_loop_config_path={_quote(str(AGENT_LOOPS_FILE))}",
     ]
     if "seed" in bt.compat:  # every rollout switch back to the original, read by the agent loop
-        launch += [f"budgetthinker.{key}={value}" for key, value in SEED_ROLLOUT.items()]
+        launch += [f"budgetthinker.rollout.{key}={value}" for key, value in SEED_ROLLOUT.items()]
         extraction = "reward.custom_reward_function.reward_kwargs.extraction"
         if not any(extraction in o for o in overrides):  # the original reward's answer rule
             launch.append(f"+{extraction}=seed")

@@ -124,7 +124,7 @@ def load_recipe(path: str | os.PathLike, overrides: list[str] = ()) -> tuple[dic
     args, our options), through the SFT stage's one recipe loader."""
     from budgetthinker.sft.train import load_lf_recipe
 
-    lf_args, opts = load_lf_recipe(path, overrides, TalePTOptions)
+    lf_args, opts = load_lf_recipe(path, overrides, TalePTOptions, None)
     stage = lf_args.get("stage")
     if stage not in KINDS:
         raise UserError(f"a TALE-PT recipe has stage: sft or stage: dpo, got {stage!r}")

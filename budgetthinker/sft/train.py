@@ -32,10 +32,10 @@ from typing import TypeVar
 
 import yaml
 
+from budgetthinker import aliases
 from budgetthinker.config import (
     build,
     check_compat,
-    env_overrides,
     load_yaml,
     merge,
     parse_overrides,
@@ -97,11 +97,9 @@ class SFTOptions:
 
 T = TypeVar("T")
 
-ENV_ALIASES = {"special_token_loss": ("special_token_loss", str)}
-
 
 def load_lf_recipe(
-    path: str | os.PathLike, overrides: Sequence[str], options: type[T], env: dict | None = None
+    path: str | os.PathLike, overrides: Sequence[str], options: type[T], aliases_of: str | None
 ) -> tuple[dict, T]:
     """The one LLaMA-Factory recipe loader (SFT, CTS, TALE-PT): a file, or a shipped recipe's
     name or documented path, + `key=value` overrides → (LLaMA-Factory args, our `options` built
@@ -109,8 +107,8 @@ def load_lf_recipe(
     raw = load_yaml(resolve_recipe("sft", str(path)))
     ours = raw.pop("budgetthinker", None) or {}
     extra = parse_overrides(list(overrides))
-    if env:
-        ours = merge(ours, env_overrides(env))
+    if aliases_of:  # the original environment variables (budgetthinker.aliases)
+        ours = merge(ours, aliases.nested(aliases.read(aliases_of)))
     ours = merge(ours, extra.pop("budgetthinker", {}))
     lf_args = merge(raw, extra)
     _resolve_shipped_file(lf_args, "deepspeed")
@@ -119,7 +117,7 @@ def load_lf_recipe(
 
 def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[dict, SFTOptions]:
     """An SFT recipe + overrides → (LLaMA-Factory args, our options)."""
-    return load_lf_recipe(path, overrides, SFTOptions, ENV_ALIASES)
+    return load_lf_recipe(path, overrides, SFTOptions, "sft")
 
 
 def _resolve_shipped_file(lf_args: dict, key: str) -> None:

@@ -65,8 +65,9 @@ def test_overrides_and_epoch_lists(tmp_path):
     names = [s.name for s in release.stages()]
     assert names[2:5] == ["sft_epochs_1-1", "sft_epochs_2-2", "sft_epochs_3-4"]
     grpo = next(s for s in release.stages() if s.name == "grpo").command
-    assert grpo[-3:] == ["budgetthinker.train_files=[a.parquet]",
-                         "budgetthinker.val_files=[b.parquet]", "trainer.nnodes=2"]  # fmt: skip
+    assert grpo[-3:] == ["budgetthinker.data.train_files=[a.parquet]",
+                         "budgetthinker.data.val_files=[b.parquet]",
+                         "trainer.nnodes=2"]  # fmt: skip
     assert "data.data_dir=D" in release.stages()[-1].command
     with pytest.raises(UserError, match="sft.epochs"):
         _release(tmp_path, "sft.epochs=[]")

@@ -31,7 +31,7 @@ def test_release_dry_run_on_cpu(tmp_path):
            f"traces={traces}", f"run_dir={run}", f"eval.data_dir={tmp_path / 'data'}",
            # synthetic RL problems (rl.train_files=[]), enough for one 256-prompt batch
            "rl.train_files=[]", "rl.val_files=[]",
-           "rl.overrides=[budgetthinker.synthetic.n=256]"]  # fmt: skip
+           "rl.overrides=[budgetthinker.data.synthetic.n=256]"]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
     out = done.stdout

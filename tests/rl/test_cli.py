@@ -42,16 +42,20 @@ def test_original_variables_become_overrides():
     env = {"MODEL_PATH": "/m/sft", "stage": "2", "remaining": "8ratio"}
     assert alias_overrides(env) == [
         'actor_rollout_ref.model.path="/m/sft"',
-        "budgetthinker.validation_two_stage=true",
-        "budgetthinker.force=true",
-        "budgetthinker.tip=control",
+        "budgetthinker.rollout.validation_two_stage=true",
+        "budgetthinker.rollout.force=true",
+        "budgetthinker.rollout.tip=control",
     ]
     assert alias_overrides({"remaining": "default", "stage": "1"}) == [
-        "budgetthinker.validation_two_stage=false",
-        "budgetthinker.force=false",
-        "budgetthinker.tip=default",
+        "budgetthinker.rollout.validation_two_stage=false",
+        "budgetthinker.rollout.force=false",
+        "budgetthinker.rollout.tip=default",
     ]
     assert alias_overrides({}) == []
+    # one meaning in every stage (budgetthinker.aliases): any mode name forces control tokens
+    assert alias_overrides({"remaining": "remaining250"})[0] == "budgetthinker.rollout.force=true"
+    # variables another stage reads are not RL's business
+    assert alias_overrides({"tip": "prompt_v1", "MODEL_NAME_OR_PATH": "/m", "budget": "5"}) == []
     with pytest.raises(UserError, match="stage=2 .* or stage=1"):
         alias_overrides({"stage": "3"})
     with pytest.raises(UserError, match="remaining=8ratio .* or remaining=default"):

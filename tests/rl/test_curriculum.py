@@ -151,7 +151,7 @@ def test_release_recipes_name_the_data_key_to_set(tmp_path, monkeypatch):
     cfg = load_rl_config("8ratio_v1_trl", ["data.train_files=[]", "data.val_files=[]"])
     assert len(load_split(cfg.data, "train")) == 16 and load_split(cfg.data, "val") == []
     verl = yaml.safe_load((RECIPE_DIR / "8ratio_v1.yaml").read_text())["budgetthinker"]
-    assert verl["train_files"] is None and verl["val_files"] is None
+    assert verl["data"]["train_files"] is None and verl["data"]["val_files"] is None
 
 
 def test_trl_release_recipe_matches_the_verl_recipe():
@@ -163,7 +163,15 @@ def test_trl_release_recipe_matches_the_verl_recipe():
     assert trl.curriculum.validation_budget == bt["curriculum"]["validation_budget"]
     assert trl.curriculum.seed == bt["curriculum"]["seed"]
     assert trl.trainer.epochs == bt["epochs"]
-    assert trl.rollout.mask_forced_tokens == bt["mask_forced_tokens"]
+    # one shape: the budget-aware rollout and the data have the same keys and values on both
+    from dataclasses import asdict, fields
+
+    from budgetthinker.rl.config import BudgetRolloutConfig
+
+    shared = [f.name for f in fields(BudgetRolloutConfig)]
+    assert sorted(bt["rollout"]) == sorted(shared)
+    assert {k: asdict(trl.rollout)[k] for k in shared} == bt["rollout"]
+    assert asdict(trl.data) == {**bt["data"], "synthetic": asdict(trl.data)["synthetic"]}
     assert trl.rollout.n == rollout["n"] and trl.rollout.top_p == rollout["top_p"]
     assert trl.rollout.max_prompt_length == verl["data"]["max_prompt_length"]
     assert trl.rollout.max_response_length == verl["data"]["max_response_length"]

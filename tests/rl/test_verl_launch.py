@@ -30,9 +30,9 @@ def small_run(tmp_path: Path, *extra: str) -> list[str]:
     """Overrides for a small run: the embedded model, synthetic problems, batches of 4."""
     return [
         "actor_rollout_ref.model.path=default",
-        "budgetthinker.train_files=[]",
-        "budgetthinker.val_files=[]",
-        f"budgetthinker.synthetic.n={SMALL}",
+        "budgetthinker.data.train_files=[]",
+        "budgetthinker.data.val_files=[]",
+        f"budgetthinker.data.synthetic.n={SMALL}",
         f"budgetthinker.output_dir={tmp_path}",
         f"data.train_batch_size={BATCH}",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={BATCH}",
@@ -209,8 +209,8 @@ def test_overlong_prompts_leave_before_batching(tmp_path, tokenizer):
     train.write_text("".join(json.dumps(r) + "\n" for r in rows))
     overrides = [
         *small_run(tmp_path),
-        f"budgetthinker.train_files=[{train}]",
-        f"budgetthinker.val_files=[{train}]",
+        f"budgetthinker.data.train_files=[{train}]",
+        f"budgetthinker.data.val_files=[{train}]",
         "data.max_prompt_length=400",
         "budgetthinker.curriculum.budgets=[[6000],[50],[2000,4000,100]]",
         "budgetthinker.epochs=3",
@@ -269,8 +269,8 @@ def test_aliases(monkeypatch, tmp_path):
     monkeypatch.setenv("stage", "1")
     monkeypatch.setenv("remaining", "default")
     cfg = prepare(RECIPE, small_run(tmp_path)).config
-    assert cfg.budgetthinker.validation_two_stage is False
-    assert cfg.budgetthinker.force is False and cfg.budgetthinker.tip == "default"
+    assert cfg.budgetthinker.rollout.validation_two_stage is False
+    assert cfg.budgetthinker.rollout.force is False and cfg.budgetthinker.rollout.tip == "default"
     monkeypatch.setenv("MODEL_PATH", "/nowhere/model")
     with pytest.raises(UserError, match="/nowhere/model does not exist"):
         prepare(RECIPE, small_run(tmp_path)[1:])
@@ -280,14 +280,14 @@ def test_compat_seed_sets_the_original_rollout(tmp_path):
     """`budgetthinker.compat=seed`: the agent loop reads the original's switches from the
     resolved config, and the reward gets the original answer rule."""
     cfg = prepare(RECIPE, [*small_run(tmp_path), "budgetthinker.compat=seed"]).config
-    bt = cfg.budgetthinker
+    bt = cfg.budgetthinker.rollout
     assert (bt.mask_forced_tokens, bt.stop_at_think_end, bt.two_stage_request) == (
         False,
         False,
         "second",
     )
     assert cfg.reward.custom_reward_function.reward_kwargs.extraction == "seed"
-    plain = prepare(RECIPE, small_run(tmp_path / "plain")).config.budgetthinker
+    plain = prepare(RECIPE, small_run(tmp_path / "plain")).config.budgetthinker.rollout
     assert (plain.mask_forced_tokens, plain.stop_at_think_end, plain.two_stage_request) == (
         True,
         True,
@@ -302,9 +302,13 @@ def test_compat_seed_sets_the_original_rollout(tmp_path):
         ("budgetthinker.curriculum.budgets=[[1234]]", "1234 is not a multiple of 50"),
         ("budgetthinker.unknown=1", "does not compose"),
         ("+budgetthinker.unknown=1", "unknown config key 'budgetthinker.unknown'"),
-        ("budgetthinker.tip=prompt_v1", "tip must be one of control, default"),
-        ("budgetthinker.two_stage_request=twice", "two_stage_request must be same"),
+        ("budgetthinker.rollout.tip=prompt_v1", "tip must be one of control, default"),
+        ("budgetthinker.rollout.two_stage_request=twice", "two_stage_request must be same"),
         ("budgetthinker.compat=s1", "budgetthinker.compat: no switch for 's1' here"),
+        # the earlier flat block: one line naming the key's new place (the TRL recipe's shape)
+        ("budgetthinker.tip=default", "budgetthinker.tip is now budgetthinker.rollout.tip"),
+        ("budgetthinker.train_files=[]", "is now budgetthinker.data.train_files"),
+        ("budgetthinker.synthetic.n=4", "is now budgetthinker.data.synthetic.n"),
         ("trainer.total_epochs=8", "budgetthinker.epochs=8"),
         ("data.train_batch_size=64", "fewer than data.train_batch_size 64"),
         ("trainer.n_gpus_per_node=3", "verl rejects this configuration.*divisible"),
@@ -323,11 +327,11 @@ def test_missing_model_and_bad_data(tmp_path):
     with pytest.raises(UserError, match="no policy model: add actor_rollout_ref.model.path"):
         prepare(RECIPE, small_run(tmp_path)[1:])
     release = ["actor_rollout_ref.model.path=default", f"budgetthinker.output_dir={tmp_path}"]
-    with pytest.raises(UserError, match=r"set budgetthinker\.train_files=\[path/to"):
+    with pytest.raises(UserError, match=r"set budgetthinker\.data\.train_files=\[path/to"):
         prepare(RECIPE, release)
     bad = tmp_path / "bad.parquet"
     pq.write_table(pa.table({"problem": ["1+1?"] * 8, "solution": ["2"] * 8}), bad)
-    overrides = [*small_run(tmp_path), f"budgetthinker.train_files=[{bad}]"]
+    overrides = [*small_run(tmp_path), f"budgetthinker.data.train_files=[{bad}]"]
     with pytest.raises(UserError, match="has no 'answer' column.*data.answer_key"):
         prepare(RECIPE, overrides)
 
@@ -341,8 +345,8 @@ def test_release_data_files_stream(tmp_path, prepared_model):
         RECIPE,
         [
             f"actor_rollout_ref.model.path={prepared_model}",
-            f"budgetthinker.train_files=[{shared}]",
-            f"budgetthinker.val_files=[{shared.with_name('math500_RL.parquet')}]",
+            f"budgetthinker.data.train_files=[{shared}]",
+            f"budgetthinker.data.val_files=[{shared.with_name('math500_RL.parquet')}]",
             f"budgetthinker.output_dir={tmp_path}",
         ],
     )

@@ -94,9 +94,9 @@ def small_config(tmp_path_factory, prepared_model):
         RECIPE,
         [
             f"actor_rollout_ref.model.path={prepared_model}",
-            "budgetthinker.train_files=[]",
-            "budgetthinker.val_files=[]",
-            "budgetthinker.synthetic.n=4",
+            "budgetthinker.data.train_files=[]",
+            "budgetthinker.data.val_files=[]",
+            "budgetthinker.data.synthetic.n=4",
             f"budgetthinker.output_dir={out}",
             "budgetthinker.epochs=1",
             f"budgetthinker.curriculum.budgets=[[{BUDGET}]]",
@@ -245,7 +245,8 @@ def test_budget_agent_loop_in_verl(small_config, tokenizer, spec, prepared_model
 
 @pytest.mark.slow
 def test_original_behaviour_and_two_stage_validation(small_config, tokenizer, spec, prepared_model):
-    cfg = OmegaConf.merge(small_config.config, {"budgetthinker": {"mask_forced_tokens": False}})
+    original = {"budgetthinker": {"rollout": {"mask_forced_tokens": False}}}
+    cfg = OmegaConf.merge(small_config.config, original)
     server = TransformersServer(str(prepared_model), spec)
     row = dataset_row(cfg, tokenizer, split="val")
     assert row["extra_info"]["two_stage"] is True
@@ -267,10 +268,11 @@ def test_original_behaviour_and_two_stage_validation(small_config, tokenizer, sp
 def test_original_two_stage_validation_is_a_second_request(
     small_config, tokenizer, spec, prepared_model
 ):
-    """`budgetthinker.two_stage_request: second` (set by compat: seed): the validation response
-    is generated as in training, cut to Bt − 50, given the suffix, and answered by a second,
-    unforced request that continues prompt + cut response + suffix."""
-    cfg = OmegaConf.merge(small_config.config, {"budgetthinker": {"two_stage_request": "second"}})
+    """`budgetthinker.rollout.two_stage_request: second` (set by compat: seed): the validation
+    response is generated as in training, cut to Bt − 50, given the suffix, and answered by a
+    second, unforced request that continues prompt + cut response + suffix."""
+    second = {"budgetthinker": {"rollout": {"two_stage_request": "second"}}}
+    cfg = OmegaConf.merge(small_config.config, second)
     server = TransformersServer(str(prepared_model), spec)
     row = dataset_row(cfg, tokenizer, split="val")
     output = run_agent_loop(cfg, tokenizer, server, worker_sampling_params(cfg, True), row)
