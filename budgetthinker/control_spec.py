@@ -27,14 +27,15 @@ ANSWER_TAIL = "**Final Answer**\\boxed"
 """What opens the answer: the two-stage suffixes end with it, the RL format reward looks for
 `ANSWER_TAIL{…}`, and synthetic traces answer with it."""
 
-# Two-stage suffixes (SPEC §2): evaluation has a blank line after </think>, the RL rollout none.
+# Two-stage suffixes (docs/spec.md §2): evaluation has a blank line after </think>, the RL
+# rollout none.
 TWO_STAGE_SUFFIXES = {
     "eval": f"\n{THINK_END}\n\n{ANSWER_TAIL}",
     "rl": f"\n{THINK_END}\n{ANSWER_TAIL}",
 }
 
-# Largest countdown value per step size. remaining250 → 40 tokens (SPEC §1); remaining50 is the
-# legacy 400-token scheme of the original development code.
+# Largest countdown value per step size. remaining250 → 40 tokens (docs/spec.md §1);
+# remaining50 is the legacy 400-token scheme of the original development code.
 COUNTDOWN_MAX = {250: 10000, 50: 20000}
 DEFAULT_COUNTDOWN_MAX = 10000
 

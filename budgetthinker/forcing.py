@@ -1,6 +1,6 @@
 """The forcing state machine: which token (if any) must come next in one request's output.
 
-This is the single place that decides "what is forced when" (SPEC §2). It is pure Python and
+This is the single place that decides "what is forced when" (docs/spec.md §2). It is pure Python and
 engine-agnostic: the transformers and vLLM adapters in `budgetthinker.patches` only translate
 `Forcer.forced` into a logits mask and feed every appended token back with `Forcer.feed`.
 

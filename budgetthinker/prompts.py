@@ -1,7 +1,7 @@
 """Prompt rendering: the one function that turns a problem and a budget into the model's prompt.
 
-Strings are faithful to the original (SPEC §3); the ratio tip is generated from the mode so that
-`8ratio` reproduces the original text exactly and other N follow the same pattern.
+Strings are faithful to the original (docs/spec.md §3); the ratio tip is generated from the
+mode so that `8ratio` reproduces the original text exactly and other N follow the same pattern.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ _BUDGET_RE = re.compile(r"Complete thinking within (\d+) tokens or fewer")
 
 
 def ratio_tip(mode: Mode, budget: int) -> str:
-    """The tip listing the control tokens from (N−1)/N down to 1/N (SPEC §3 for N = 8)."""
+    """The tip listing the control tokens from (N−1)/N down to 1/N (docs/spec.md §3 for N = 8)."""
     listed = " , ".join(mode.token_string(k) for k in range(mode.parts - 1, 0, -1))
     return (
         f"\n(Complete thinking within {budget} tokens or fewer, {mode.parts - 1} special tokens "

@@ -26,7 +26,8 @@ ROOTS += ("preparation", "sft", "rl", "evaluation")  # the original launchers' f
 TOP_FILES = ("pyproject.toml", "mkdocs.yml", "README.md")
 
 _CODE_SPAN = re.compile(r"`([^`\n]+)`")
-# "SPEC §2", "SPEC §5.3", "docs/spec.md §7.4" (and a named section such as "SPEC §CTS").
+# "docs/spec.md §2", "docs/spec.md §5.3", "docs/spec.md §7.4" (and a named section such as
+# "docs/spec.md §CTS"; the older spelling "SPEC §2" is accepted too).
 _CITATION = re.compile(r"(?:\bSPEC|docs/spec\.md) §(\d+(?:\.\d+)*|[A-Za-z][\w-]*)")
 _HEADING_NUMBER = re.compile(r"^#{1,6}\s+§(\d+(?:\.\d+)*)\b(.*)$")
 
@@ -121,12 +122,12 @@ def test_spec_citations_resolve():
     numbers, titles = spec_sections(SPEC.read_text())
     assert {str(n) for n in range(1, 8)} <= numbers, "docs/spec.md must keep sections §1–§7"
     cited = spec_citations()
-    assert cited, "no 'SPEC §…' / 'docs/spec.md §…' citation found: has the pattern changed?"
+    assert cited, "no 'docs/spec.md §…' citation found: has the pattern changed?"
 
     def resolves(section: str) -> bool:
         if section[0].isdigit():
             return section in numbers
-        # a named section ("SPEC §CTS") resolves to the numbered heading that carries that name
+        # a named section ("docs/spec.md §CTS") resolves to the numbered heading of that name
         return any(re.search(rf"\b{re.escape(section)}\b", title) for title in titles)
 
     unresolved = {section: where for section, where in cited.items() if not resolves(section)}

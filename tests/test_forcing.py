@@ -1,5 +1,5 @@
 """The forcing state machine against the original engine patch's rule, re-implemented here as
-an independent O(L)-per-step oracle that scans the whole output at every step (SPEC §2)."""
+an independent O(L)-per-step oracle that scans the whole output at every step (docs/spec.md §2)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_ratio_positions_closed_form(budget):
     assert forced_indices(spec, out) == [k * delta + (k - 1) for k in range(1, 8)]
     # 7/8 first, then down to 1/8
     assert [out[k * delta + k - 1] for k in range(1, 8)] == list(reversed(spec.token_ids))
-    # 1/8 lands near 7B/8 (SPEC §2)
+    # 1/8 lands near 7B/8 (docs/spec.md §2)
     assert abs(7 * delta + 6 - 7 * budget / 8) <= 14
 
 

@@ -119,3 +119,21 @@ def test_errors_name_the_users_path_not_a_temp_file(tmp_path):
         atomic_text(folder, "x")
     assert e.value.filename == str(folder)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-folder"]
+
+
+def test_every_stage_writes_through_outputs():
+    """One atomic write: renames over a target live in `budgetthinker/outputs.py` only (a
+    hand-rolled temp-file-and-rename has no fsync, a fixed `.tmp` name and no clean-up)."""
+    import re
+    from pathlib import Path
+
+    package = Path(__file__).resolve().parents[1] / "budgetthinker"
+    rename = re.compile(r"\bos\.(replace|rename)\(|\.rename\(|\bshutil\.move\(|\btmp\w*\.replace\(")
+    found = [
+        f"{path.relative_to(package.parent)}:{n}: {line.strip()}"
+        for path in sorted(package.rglob("*.py"))
+        if path.name != "outputs.py" or path.parent != package
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if rename.search(line)
+    ]
+    assert not found, "\n".join(found)

@@ -1,4 +1,4 @@
-"""Prompt strings are faithful to the original (SPEC §3), character for character."""
+"""Prompt strings are faithful to the original (docs/spec.md §3), character for character."""
 
 from __future__ import annotations
 

@@ -7,7 +7,7 @@ so a continuation round (prompt + earlier rounds as its prompt) reuses the cache
 prefills only what was appended. Entropies need the full distribution: such requests ask for
 `logprobs=-1` (the whole vocabulary, slow on large vocabularies: ask only where a method needs
 them) and the engine is started with `max_logprobs=-1`; logprobs are the processed ones (after
-forcing), as SPEC §2 asks.
+forcing), as docs/spec.md §2 asks.
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ class VLLMBackend(Backend):
 
         from budgetthinker.patches.vllm_select import vllm_processor
 
-        # Report logprobs of the distribution actually sampled from (after forcing), SPEC §2;
-        # vLLM's default reports them before logits processors run.
+        # Report logprobs of the distribution actually sampled from (after forcing),
+        # docs/spec.md §2; vLLM's default reports them before logits processors run.
         engine_kwargs.setdefault("logprobs_mode", "processed_logprobs")
         engine_kwargs.setdefault("enable_prefix_caching", True)
         engine_kwargs.setdefault("max_logprobs", -1)  # entropies need the whole distribution

@@ -1,15 +1,15 @@
 """Add the control tokens of a mode to a base model and write a prepared model folder.
 
-SPEC §1: token strings and their order are faithful (level 1 first, so on the DeepSeek-R1-Distill
-tokenizer 1/8…7/8 get ids 151665…151671); `<think>`/`</think>` are added when the tokenizer lacks
-them. Improved: new embedding rows (input and output) start at the mean of the existing rows
-instead of whatever padding rows happened to be there, and a grown vocabulary is padded to a
-multiple of 64. `embedding_init="text"` starts each new row at the mean of the rows of the pieces
-its own string splits into in the base vocabulary (`</think>` → `</`, `think`, `>`), so the
-control tokens start apart from each other (7/8 ≠ 1/8) and a new `</think>` starts with a usable
-output logit (the CPU evidence experiment, docs/logs/experiment_cpu_2026-11-29.md, found the
-mean row too far from any context for 24 steps of SFT to teach it). `embedding_init="resized"`
-is the original (compat): only `model.resize_token_embeddings(len(tokenizer))`, so on
+docs/spec.md §1: token strings and their order are faithful (level 1 first, so on the
+DeepSeek-R1-Distill tokenizer 1/8…7/8 get ids 151665…151671); `<think>`/`</think>` are added when
+the tokenizer lacks them. Improved: new embedding rows (input and output) start at the mean of the
+existing rows instead of whatever padding rows happened to be there, and a grown vocabulary is
+padded to a multiple of 64. `embedding_init="text"` starts each new row at the mean of the rows of
+the pieces its own string splits into in the base vocabulary (`</think>` → `</`, `think`, `>`), so
+the control tokens start apart from each other (7/8 ≠ 1/8) and a new `</think>` starts with a
+usable output logit (the CPU evidence experiment, docs/logs/experiment_cpu_2026-11-29.md, found the
+mean row too far from any context for 24 steps of SFT to teach it). `embedding_init="resized"` is
+the original (compat): only `model.resize_token_embeddings(len(tokenizer))`, so on
 DeepSeek-R1-Distill-Qwen the matrix shrinks from 151936 to 151672 rows and the control tokens keep
 the checkpoint's untrained padding rows.
 """

@@ -1,18 +1,18 @@
 """One budget rollout request, engine-free: what to ask the engine, and how to shape its answer.
 
 Used by the verl agent loop (`budgetthinker.rl.verl_agent_loop`) and tested on CPU against the real
-vLLM logits processor. SPEC §5: for budget B and `Bt = B + B//50`, generate at most
+vLLM logits processor. docs/spec.md §5: for budget B and `Bt = B + B//50`, generate at most
 `min(Bt + Bt//4, max_response_length − 200)` tokens, train on and score the first `Bt − 50`, and
 report the untruncated length L to the reward. Forced control tokens are found by replaying the
 forcing state machine (`budgetthinker.generation.analyse`) over the response, so no
 engine-specific signal is needed; their loss mask is 0 unless `mask_forced_tokens` is off.
 
 Two-stage (validation, `stage=2`): the processor forces the RL suffix in the same request when
-thinking is still open at `Bt` tokens (SPEC §2, improved); the answer gets `answer_tokens` more
-tokens, and such responses are scored whole. `two_stage_request="second"` is the original
+thinking is still open at `Bt` tokens (docs/spec.md §2, improved); the answer gets `answer_tokens`
+more tokens, and such responses are scored whole. `two_stage_request="second"` is the original
 (compat): every response, finished or not, is generated as in training, truncated to `Bt − 50`
-tokens, given the suffix and continued by a second request (`answer_request`) of
-`answer_tokens` tokens without forcing.
+tokens, given the suffix and continued by a second request (`answer_request`) of `answer_tokens`
+tokens without forcing.
 
 `stop_at_think_end=False` is the original forcing: control tokens are forced after `</think>` too.
 """

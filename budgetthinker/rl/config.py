@@ -101,7 +101,7 @@ class RolloutConfig(BudgetRolloutConfig):
 
 @dataclass
 class TrainerConfig:
-    """Optimisation (release values: SPEC §5).
+    """Optimisation (release values: docs/spec.md §5).
 
     Args:
         epochs (`int`): passes over the training problems.

@@ -1,4 +1,4 @@
-"""The budget curriculum (SPEC §5) as data: which budget each training batch gets.
+"""The budget curriculum (docs/spec.md §5) as data: which budget each training batch gets.
 
 A recipe lists, per epoch (1-based), the candidate budgets; every batch draws one of them, and the
 whole batch shares it. `8ratio_v1` (configs/rl/8ratio_v1.yaml):

@@ -1,4 +1,5 @@
-"""The RL reward (SPEC §5, faithful): accuracy, format and length, combined 0.7 / 0.15 / 0.15.
+"""The RL reward (docs/spec.md §5, faithful): accuracy, format and length, combined
+0.7 / 0.15 / 0.15.
 
 Plain functions of plain values, so every engine shares them:
 

@@ -1,7 +1,8 @@
 """verl agent loop `budget_agent`: budget rollouts with control tokens forced by vLLM.
 
 Why an agent loop: verl's default `single_turn_agent` sends vLLM no per-request settings and
-returns every generated token with loss mask 1. The rollout of SPEC §5 needs more per request:
+returns every generated token with loss mask 1. The rollout of docs/spec.md §5 needs more per
+request:
 
 * the row's budget B (`extra_info["budget"]`, written by the curriculum stream) goes to
   budgetthinker's vLLM logits processor (`engine_kwargs.vllm.logits_processors`) through
@@ -14,8 +15,8 @@ returns every generated token with loss mask 1. The rollout of SPEC §5 needs mo
 * the budget and the untruncated length L reach the reward as `extra_info["budget"]` and
   `extra_info["response_length"]` (verl merges the loop's `extra_fields` into `extra_info`).
 
-Validation rows marked `two_stage` use the improved two-stage rule (SPEC §2) in the same request:
-if thinking is still open at `Bt` tokens the processor forces the RL suffix
+Validation rows marked `two_stage` use the improved two-stage rule (docs/spec.md §2) in the
+same request: if thinking is still open at `Bt` tokens the processor forces the RL suffix
 `"\\n</think>\\n**Final Answer**\\boxed"` and the answer gets `two_stage_answer_tokens` more
 tokens; those responses are scored whole. `budgetthinker.rollout.two_stage_request: second` is the
 original instead: each validation response is generated as in training, truncated to `Bt − 50`

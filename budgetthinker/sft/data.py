@@ -1,4 +1,5 @@
-"""SFT data: reasoning traces → LLaMA-Factory rows with control tokens in the thinking (SPEC §4).
+"""SFT data: reasoning traces → LLaMA-Factory rows with control tokens in the thinking
+(docs/spec.md §4).
 
 For each trace: the thinking is the text between `<think>` and the first `</think>` (stripped);
 it is tokenized with the prepared model's tokenizer (no special tokens added) → length L; the

@@ -1,4 +1,4 @@
-"""Weighted special-token loss for SFT (SPEC §4), registered through public hooks only.
+"""Weighted special-token loss for SFT (docs/spec.md §4), registered through public hooks only.
 
     L = (1 / N_targets) · Σ_t w_t · CE_t,   w_t = w if target_t is a control token else 1
 

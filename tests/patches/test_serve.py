@@ -2,7 +2,7 @@
 prepared model) started through our CLI on 127.0.0.1 and a free port (the session's
 `vllm_server` fixture, stopped with SIGTERM at the end), driven with the `openai` client and with
 raw HTTP. Greedy with `ignore_eos`, so every output has exactly `max_tokens` tokens and the
-control-token positions are SPEC §2's closed form."""
+control-token positions are docs/spec.md §2's closed form."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 Every engine test uses greedy decoding with `ignore_eos=True`, so each output has exactly
 `max_tokens` tokens and the whole control-token schedule can be checked, not only the part before
 the (untrained) model's first end-of-turn. The expected positions come from two independent
-sources: the closed form k·(B//N + 1) + (k − 1) of SPEC §2 and a replay of the forcing state
+sources: the closed form k·(B//N + 1) + (k − 1) of docs/spec.md §2 and a replay of the forcing state
 machine (`budgetthinker.forcing`) over the output.
 
 One engine per test session (the `vllm_backend` fixture); requests go straight to
@@ -70,8 +70,8 @@ def run(backend, vllm, prompts: list[list[int]], sampling: list) -> list[list[in
 
 
 def closed_form(spec, budget: int, length: int, stop: int | None = None) -> list[tuple[int, int]]:
-    """(position, token id) of the forced control tokens by SPEC §2's closed form, for positions
-    below `length` and below `stop` (the two-stage cap or the model's own `</think>`)."""
+    """(position, token id) of the forced control tokens by docs/spec.md §2's closed form, for
+    positions below `length` and below `stop` (the two-stage cap or the model's own `</think>`)."""
     parts = spec.parsed_mode.parts
     interval = budget // parts + 1
     limit = length if stop is None else min(length, stop)

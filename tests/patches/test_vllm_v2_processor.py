@@ -264,7 +264,8 @@ def test_token_identical_to_forcer(v2, vllm_config, spec, drawn, seed):
 
 
 def test_exact_positions_for_two_budgets_in_one_batch(v2, vllm_config, spec):
-    """SPEC §2 closed form: the k-th control token at k·(B//8 + 1) + (k − 1), per request."""
+    """docs/spec.md §2 closed form: the k-th control token at k·(B//8 + 1) + (k − 1), per
+    request."""
     from vllm import SamplingParams
 
     reqs = [Req(f"b{b}", [1, 2, 3], [5] * 120, {"budget": b}) for b in (16, 40)]

@@ -24,7 +24,7 @@ def shape(spec, budget, tokens, logprobs=None, **settings):
 
 
 def forced_positions(spec, budget: int, length: int) -> list[int]:
-    """Closed form (SPEC §2): the k-th forced token sits at k·delta + (k − 1)."""
+    """Closed form (docs/spec.md §2): the k-th forced token sits at k·delta + (k − 1)."""
     delta, first = schedule(spec.parsed_mode, budget)
     return [p for k in range(1, first + 1) if (p := k * delta + k - 1) < length]
 

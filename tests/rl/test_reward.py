@@ -1,4 +1,4 @@
-"""The RL reward as SPEC §5: a grid of (L, B, correct, format) incl. the piecewise edges."""
+"""The RL reward as docs/spec.md §5: a grid of (L, B, correct, format) incl. the piecewise edges."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ NOTHING = "I ran out of tokens while thinking about"  # wrong, not formatted
 
 
 def oracle(length: int, budget: int, accuracy: float, fmt: float) -> float:
-    """SPEC §5 written out once more, independently of the module."""
+    """docs/spec.md §5 written out once more, independently of the module."""
     bt = budget + budget // 50
     d = (length - bt) / bt
     if length >= bt:

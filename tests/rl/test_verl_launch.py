@@ -70,7 +70,7 @@ def test_release_recipe_composes_with_verl_schema():
 
     cfg = compose(RECIPE, ["actor_rollout_ref.model.path=/models/sft"])
     actor, rollout = cfg.actor_rollout_ref.actor, cfg.actor_rollout_ref.rollout
-    # SPEC §5 release recipe
+    # docs/spec.md §5 release recipe
     assert cfg.algorithm.adv_estimator == "grpo" and not cfg.algorithm.use_kl_in_reward
     assert (rollout.name, rollout.n, rollout.temperature, rollout.top_p) == ("vllm", 5, 1.0, 0.9)
     assert (actor.optim.lr, actor.optim.weight_decay) == (1e-6, 1e-2)

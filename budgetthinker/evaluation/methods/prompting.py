@@ -18,7 +18,7 @@ from budgetthinker.generation import BudgetSettings, GenRequest, default_max_new
 from budgetthinker.prompts import render_prompt
 
 EVAL_SUFFIX = TWO_STAGE_SUFFIXES["eval"]
-"""The original evaluation's two-stage suffix (SPEC §2)."""
+"""The original evaluation's two-stage suffix (docs/spec.md §2)."""
 
 
 class PromptMethod(Method):

@@ -1,4 +1,5 @@
-"""Scaling functions for s1 budget forcing (the HF budget-forcing fork, reference A3; SPEC §7).
+"""Scaling functions for s1 budget forcing (the HF budget-forcing fork, reference A3;
+docs/spec.md §7).
 
 After each thinking round that the model ended itself, s1 asks its scaler whether to go on:
 `scaler(iteration=i, seq=token ids so far (prompt included), entropies=normalised per-token
@@ -83,8 +84,8 @@ def entropy_thresholding(
 ) -> bool:
     """Continue while the mean normalised entropy of the last round's tokens (its last `last_k`;
     0 < last_k < 1: that fraction; −1: all) is above `threshold · decay_factor^iteration`
-    (SPEC §7: keep thinking while the model is uncertain). `compat: [s1]` is the fork's rule:
-    continue while it is *below* that value, with a fractional last_k taken of the whole
+    (docs/spec.md §7: keep thinking while the model is uncertain). `compat: [s1]` is the fork's
+    rule: continue while it is *below* that value, with a fractional last_k taken of the whole
     sequence (prompt included)."""
     fork = "s1" in check_compat(compat, ("s1",), "scale_func compat")
     ent = list(entropies or [])

@@ -35,7 +35,7 @@ def test_two_stage_in_the_request_or_as_a_second_request(tokenizer, spec):
     first = next(seed)
     assert not first.settings.two_stage
     second = seed.send(GenResult([5, 6, 2], "stop"))  # finished output: the suffix all the same
-    # the original evaluation's suffix, pinned as a literal (SPEC §2)
+    # the original evaluation's suffix, pinned as a literal (docs/spec.md §2)
     suffix = tokenizer.encode("\n</think>\n\n**Final Answer**\\boxed", add_special_tokens=False)
     assert list(second.prefix_ids) == [5, 6, *suffix]  # end-of-sequence cut first
     assert second.max_new_tokens == 64 + 64 // 50 and second.settings.budget is None

@@ -1,6 +1,6 @@
 """s1 budget forcing against an independent re-implementation of the reference algorithm
-(SPEC §7, reference A2; the seed tutorial's loop), greedy on the embedded model, plus the `auto`
-budget formula and s1's input errors."""
+(docs/spec.md §7, reference A2; the seed tutorial's loop), greedy on the embedded model, plus
+the `auto` budget formula and s1's input errors."""
 
 from __future__ import annotations
 
