@@ -370,7 +370,7 @@ class BackendAnswerer:
         backend,
         tokenizer,
         *,
-        compat: str = "chat",
+        compat: Sequence[str] = (),
         max_new_tokens: int = 1024,
         temperature: float = 0.0,
         top_p: float = 1.0,
