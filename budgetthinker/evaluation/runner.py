@@ -72,6 +72,7 @@ def check_setup(cfg: EvalConfig, spec: ControlSpec | None, model_dir: str) -> li
         if isinstance(budget, bool) or budget <= 0:
             raise UserError(f"budgets must be positive integers, got {budget}")
     for method in methods:  # before anything is written: each method's own budget rules
+        method.check_compat(cfg.compat)
         for budget in cfg.budgets:
             method.check_budget(budget, spec)
             total = method.max_total_tokens(budget, cfg.max_new_tokens, spec, cfg.two_stage)
@@ -221,9 +222,11 @@ class ChunkRun:
         outcomes = self.outcomes(chunk)
         seconds = (time.perf_counter() - start) / len(chunk)
         texts = [self.tokenizer.decode(o.output_ids, skip_special_tokens=False) for o in outcomes]
+        graded = [t if o.graded_text is None else o.graded_text
+                  for t, o in zip(texts, outcomes, strict=True)]  # fmt: skip
         grades = grader.grade_many([
             (t, r.problem.answer, r.problem.benchmark, r.method.answer_format)
-            for t, r in zip(texts, chunk, strict=True)
+            for t, r in zip(graded, chunk, strict=True)
         ])  # fmt: skip
         return [
             self.record(r, o, t, g, seconds)
@@ -260,9 +263,12 @@ class ChunkRun:
             "suffix_forced": info.suffix_forced,
             "control_tokens": len(info.control_positions),
             "rounds": outcome.rounds,
+            **({} if outcome.ceiling is None else {"thinking_budget": outcome.ceiling}),
             **outcome.extra,
             "gen_seconds": seconds,
             "text": text,
+            **({} if outcome.graded_text is None else {"graded_text": outcome.graded_text,
+                                                       "graded_as": outcome.graded_as}),
         }  # fmt: skip
 
 

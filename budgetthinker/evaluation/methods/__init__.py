@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -74,7 +74,12 @@ class SampleContext:
 @dataclass
 class Outcome:
     """A finished sample: the output after the prompt (generated and appended tokens) and what
-    the method knows about its thinking (None: derive it from the delimiters)."""
+    the method knows about its thinking (None: derive it from the delimiters).
+
+    `ceiling`: the thinking budget the method promises never to exceed (recorded as
+    `thinking_budget`; None: no promise). `graded_text`: the text to grade when the original
+    grades something other than the decoded output (s1 under `compat: [s1]`: the fork's returned
+    text), with `graded_as` saying what it is; both are recorded next to `text`."""
 
     output_ids: list[int]
     rounds: int = 1
@@ -82,6 +87,9 @@ class Outcome:
     thinking_tokens: int | None = None
     finished_thinking: bool | None = None
     extra: dict = field(default_factory=dict)
+    ceiling: int | None = None
+    graded_text: str | None = None
+    graded_as: str | None = None
 
 
 Episode = Generator[GenRequest, GenResult, Outcome]
@@ -103,6 +111,7 @@ class Method(ABC):
     answer_format: ClassVar[str | None] = None  # the grader's method-specific format, if any
     needs_control_tokens: ClassVar[bool] = False  # the model must be prepared
     forces_control: ClassVar[bool] = False  # budgets must fit the control-token mode
+    enforces_budget: ClassVar[bool] = False  # thinking never exceeds B (`Outcome.ceiling`)
 
     def __init__(self, label: str | None = None, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))
@@ -127,6 +136,11 @@ class Method(ABC):
         changed = [f"{k}={_shown(self.params[k])}" for k in sorted(self.params)
                    if self.params[k] != self.defaults[k]]  # fmt: skip
         return f"{self.name}[{','.join(changed)}]" if changed else self.name
+
+    def check_compat(self, compat: Sequence[str]) -> None:
+        """The recipe's `compat` list combined with this method's parameters: a combination the
+        original did not have is a `UserError` naming the fix."""
+        return  # optional hook
 
     def check_budget(self, budget: int, spec: ControlSpec | None) -> None:
         """A budget this method cannot run with, found before the model loads."""

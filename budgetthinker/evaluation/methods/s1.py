@@ -34,6 +34,7 @@ from budgetthinker.prompts import render_prompt
 FINAL_ANSWER = "\nFinal Answer:"
 TUTORIAL_WAIT = "\nWait!\n"
 TUTORIAL_END = "\n</think>\n"
+GRADED_AS_FORK = "s1 fork: its returned text, thinking beyond B included (compat: [s1])"
 
 
 @register
@@ -43,6 +44,7 @@ class S1(Method):
     name = "s1"
     description = "s1 budget forcing: cap thinking at B, suppress its end with 'Wait' n times"
     answer_format = "s1"
+    enforces_budget = True
     defaults: ClassVar[dict[str, Any]] = {
         "variant": "lmeval",  # lmeval (the harness fork) | tutorial (the seed's vLLM loop)
         "max_tokens_thinking": None,  # None: the sweep's budget; int; "auto"
@@ -88,6 +90,18 @@ class S1(Method):
             params = {k: v for k, v in sf.items() if k != "name"}
             get_scale_func(sf["name"], [], **params)  # unknown names fail here
 
+    def check_compat(self, compat) -> None:
+        """`compat: [s1]` is the lm-evaluation-harness fork: not the tutorial loop, and a scaling
+        function's parameters must be ones the fork's code could run with."""
+        if "s1" not in compat:
+            return
+        if self.params["variant"] == "tutorial":
+            raise UserError(
+                "s1 variant: tutorial is the seed's loop, not the s1 fork that compat: [s1] "
+                "reproduces; drop one of them"
+            )
+        self.scaler([], True)
+
     def prompt(
         self, tokenizer, question: str, budget: int, mode: Mode | None, system_line: bool = True
     ) -> str:
@@ -128,7 +142,8 @@ class S1(Method):
 
     def scaler(self, ignore_ids: list[int], compat: bool):
         """The scaling function (`default`: always go on with the ignore string); under
-        `compat: [s1]` entropy_thresholding uses the fork's rule unless the recipe sets it."""
+        `compat: [s1]` entropy_thresholding uses the rule the s1-era docs promised, the Hugging
+        Face fork's (`hf_fork`), unless the recipe's scale_func sets its own compat."""
         sf = dict(self.params["scale_func"] or {"name": "default"})
         name = sf.pop("name")
         if compat and name == "entropy_thresholding":
@@ -149,7 +164,9 @@ class S1(Method):
 
     def _lmeval(self, ctx: SampleContext) -> Episode:
         p = self.params
+        compat = "s1" in ctx.compat
         start, end = self.delimiters(ctx)
+        fork_start = start  # the fork's thinking_start (its newline rule reads it)
         if start and ctx.decode(ctx.prompt_ids[-8:]).rstrip().endswith(start.strip()):
             start = ""  # the chat template already opened thinking (R1-style templates)
         start_ids = ctx.encode(start, "thinking_start")
@@ -165,7 +182,8 @@ class S1(Method):
         stop: tuple[str, ...] = ()
         if as_ids:
             # vLLM's min_tokens suppresses stop token ids: every stop must be one token (A2).
-            min_tokens = min_tokens or 1
+            # The fork forces min_tokens to 1 whenever thinking_n_ignore is set.
+            min_tokens = 1 if compat and n_ignore is not None else min_tokens or 1
             for u in untils:
                 ids = ctx.encode(u, "until_thinking")
                 if len(ids) != 1:
@@ -177,10 +195,11 @@ class S1(Method):
         else:
             stop = tuple(untils)
         ignore_ids = ctx.encode(p["thinking_n_ignore_str"] or "", "thinking_n_ignore_str")
-        compat = "s1" in ctx.compat
         scaler = self.scaler(ignore_ids, compat)
         rounds = (n_ignore or 0) + 1
         thinking: list[int] = []
+        text = ""  # the fork's thinking text: every round and appended string, never cut
+        cut = 0  # tokens cut so that thinking ends at B
         last: GenResult | None = None
         done = 0
         for r in range(rounds):
@@ -198,7 +217,9 @@ class S1(Method):
                 entropies=scaler.needs_entropies,
             )
             done += 1
-            thinking += _strip_stop(last, stop_ids, ctx)
+            kept = _strip_stop(last, stop_ids, ctx)
+            thinking += kept
+            text += ctx.decode(kept)
             if last.finish_reason == "length" or r == rounds - 1:
                 break
             go_on, tokens = scaler(
@@ -207,29 +228,47 @@ class S1(Method):
             )  # fmt: skip
             if not go_on:
                 break
+            if not compat and len(thinking) + len(tokens) > budget:
+                # A budget is a ceiling: what does not fit in what is left of B is cut.
+                cut += len(thinking) + len(tokens) - budget
+                tokens = tokens[: budget - len(thinking)]
             thinking += tokens
-        capped = last is None or last.finish_reason == "length"
-        if compat and len(thinking) > budget:
+            text += ctx.decode(tokens)
+        if len(thinking) > budget:  # compat: the fork's cut of the sum (else never reached)
+            cut += len(thinking) - budget
             thinking = thinking[:budget]
-        elif not compat and len(thinking) >= budget:
-            capped = True
-        if capped:
-            newline = [] if ctx.decode(thinking).endswith("\n") else ctx.encode("\n")
-            end_ids = newline + ctx.encode(end + FINAL_ANSWER, "thinking_end")
+        capped = last is None or last.finish_reason == "length"
+        if compat:
+            # The fork decides the newline on its uncut text, and adds none when thinking_start
+            # begins with one; a sample cut after its last round stopped gets the plain end.
+            ends_line = text.endswith("\n") or fork_start.startswith("\n")
         else:
+            capped = capped or len(thinking) >= budget
+            ends_line = ctx.decode(thinking).endswith("\n")
+        if capped:
+            newline = "" if ends_line else "\n"
+            tail = newline + end + FINAL_ANSWER
+            end_ids = ctx.encode(newline) + ctx.encode(end + FINAL_ANSWER, "thinking_end")
+        else:
+            tail = end
             end_ids = ctx.encode(end, "thinking_end")
         prefix = start_ids + thinking + end_ids
         answer = yield GenRequest(
             ctx.prompt_ids, max_new_tokens=self.answer_cap(ctx.max_new_tokens), prefix_ids=prefix,
             seed=ctx.round_seed(rounds),
         )  # fmt: skip
-        return Outcome(
+        outcome = Outcome(
             prefix + answer.token_ids,
             rounds=done + 1,
             thinking_tokens=len(thinking),
-            finished_thinking=not capped,
-            extra={"thinking_rounds": done, "thinking_budget": budget},
+            finished_thinking=not capped and not cut,
+            ceiling=budget,
+            extra={"thinking_rounds": done, "thinking_cut": cut},
         )
+        if compat:  # what the fork returns and grades: its thinking text, beyond B included
+            outcome.graded_text = start + text + tail + ctx.decode(_strip_stop(answer, (), ctx))
+            outcome.graded_as = GRADED_AS_FORK
+        return outcome
 
     def _tutorial(self, ctx: SampleContext) -> Episode:
         """The seed's loop: stop at `</think>`, append "\\nWait!\\n" while the thinking count
@@ -251,14 +290,21 @@ class S1(Method):
             if last.finish_reason == "length" or len(thinking) + len(wait_ids) >= budget:
                 break
             thinking += wait_ids
+        cut = max(0, len(thinking) - budget)  # a stop string's re-encoding (else never reached)
+        thinking = thinking[:budget]
         prefix = thinking + ctx.encode(TUTORIAL_END)
         answer = yield GenRequest(
             ctx.prompt_ids, max_new_tokens=self.answer_cap(None),
             prefix_ids=prefix, seed=ctx.round_seed(r),
         )  # fmt: skip
-        return Outcome(prefix + answer.token_ids, rounds=r + 1, thinking_tokens=len(thinking),
-                       finished_thinking=last.finish_reason != "length",
-                       extra={"thinking_rounds": r, "thinking_budget": budget})  # fmt: skip
+        return Outcome(
+            prefix + answer.token_ids,
+            rounds=r + 1,
+            thinking_tokens=len(thinking),
+            finished_thinking=last.finish_reason != "length" and not cut,
+            ceiling=budget,
+            extra={"thinking_rounds": r, "thinking_cut": cut},
+        )
 
 
 def _strip_stop(result: GenResult, stop_ids: tuple[int, ...], ctx: SampleContext) -> list[int]:
