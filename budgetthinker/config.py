@@ -35,7 +35,9 @@ def recipes_root() -> Path:
 
 ORIGINALS = {
     "seed": "the original BudgetThinker code (its rollout, reward rule, SFT placement, evaluation)",
-    "s1": "the s1 lm-evaluation-harness fork (its budget rounds and scaling-function rule)",
+    "s1": "the s1 lm-evaluation-harness fork (its budget rounds, end string and graded text)",
+    "hf_fork": "the scaling-function fork's Hugging Face version (its entropy_thresholding rule)",
+    "vllm_fork": "the scaling-function fork's later vLLM version (its entropy_thresholding rule)",
     "tale": "TALE's code (its plain local-model prompt string)",
     "cts": "CTS's LLMLingua call (its effective keep fraction and threshold rule)",
 }

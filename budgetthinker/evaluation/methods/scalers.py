@@ -1,5 +1,5 @@
-"""Scaling functions for s1 budget forcing (the HF budget-forcing fork, reference A3;
-docs/spec.md §7).
+"""Scaling functions for s1 budget forcing (the budget-forcing fork with scaling functions,
+reference A3; docs/spec.md §7).
 
 After each thinking round that the model ended itself, s1 asks its scaler whether to go on:
 `scaler(iteration=i, seq=token ids so far (prompt included), entropies=normalised per-token
@@ -70,6 +70,36 @@ def default(*, iteration: int, seq, entropies, scale_token: Sequence[int]):
     return True, list(scale_token)
 
 
+FORK_RULES = {"hf_fork": "hf_fork", "vllm_fork": "vllm_fork", "s1": "hf_fork"}
+"""`compat` of entropy_thresholding → the fork whose rule it reproduces. `s1` is the name the
+s1-era docs gave the Hugging Face fork's rule (what `compat: [s1]` on s1 promised)."""
+
+
+def fork_rule(compat: Sequence[str] | str | None) -> str | None:
+    """The fork rule a `compat` list asks for (None: our documented rule); an unknown name is one
+    line listing the valid ones."""
+    names = check_compat(compat, tuple(FORK_RULES), "scale_func entropy_thresholding compat")
+    rules = {FORK_RULES[n] for n in names}
+    if len(rules) > 1:
+        raise UserError(
+            "scale_func entropy_thresholding compat: hf_fork and vllm_fork are two different "
+            "rules; list one (s1 means hf_fork)"
+        )
+    return rules.pop() if rules else None
+
+
+def _check_entropy_thresholding(*, last_k=-1, compat=(), **_):
+    """Parameters the fork's code could not run with are refused when the recipe is read."""
+    rule = fork_rule(compat)
+    if isinstance(last_k, bool) or not isinstance(last_k, (int, float)):
+        raise UserError(f"scale_func entropy_thresholding last_k must be a number, got {last_k!r}")
+    if rule and not isinstance(last_k, int) and not 0 < last_k < 1:
+        raise UserError(
+            f"scale_func entropy_thresholding last_k {last_k!r} with compat {rule}: the fork "
+            "slices with it and fails on a float; give an integer or a fraction in (0, 1)"
+        )
+
+
 @register_scaler("entropy_thresholding", needs_entropies=True)
 @should_continue_scaling
 def entropy_thresholding(
@@ -83,20 +113,35 @@ def entropy_thresholding(
     compat: Sequence[str] = (),
 ) -> bool:
     """Continue while the mean normalised entropy of the last round's tokens (its last `last_k`;
-    0 < last_k < 1: that fraction; −1: all) is above `threshold · decay_factor^iteration`
-    (docs/spec.md §7: keep thinking while the model is uncertain). `compat: [s1]` is the fork's
-    rule: continue while it is *below* that value, with a fractional last_k taken of the whole
-    sequence (prompt included)."""
-    fork = "s1" in check_compat(compat, ("s1",), "scale_func compat")
+    0 < last_k < 1: that fraction of the round; −1 or 0: all) is above
+    `threshold · decay_factor^iteration` (docs/spec.md §7: keep thinking while the model is
+    uncertain).
+
+    The forks continue while it is *below* a limit, and take a fractional last_k of the whole
+    sequence (prompt included): `compat: [hf_fork]` (the Hugging Face version, up to ab01955)
+    below `1 − threshold · decay_factor^iteration`, `compat: [vllm_fork]` (the later vLLM
+    version, src/budget_forcing/) below `threshold · decay_factor^iteration`; `compat: [s1]` is
+    `hf_fork`. Both slice `entropies[-last_k:]` whenever last_k > −1, so 0 keeps all."""
+    rule = fork_rule(compat)
     ent = list(entropies or [])
     k = last_k
+    decayed = threshold * decay_factor**iteration
+    if rule is not None:
+        if 1 > k > 0:
+            k = math.ceil(k * len(seq))
+        if k > -1:
+            ent = ent[-k:]
+        mean = sum(ent) / len(ent) if ent else 0.0
+        return mean < (1 - decayed if rule == "hf_fork" else decayed)
     if 0 < k < 1:
-        k = math.ceil(k * (len(seq) if fork else len(ent)))
+        k = math.ceil(k * len(ent))
     if k > -1 and k != 0:
         ent = ent[-int(k) :]
     mean = sum(ent) / len(ent) if ent else 0.0
-    limit = threshold * decay_factor**iteration
-    return mean < limit if fork else mean > limit
+    return mean > decayed
+
+
+entropy_thresholding.check_params = _check_entropy_thresholding
 
 
 def get_scale_func(name: str, scale_token: Sequence[int], **params: Any) -> Scaler:
@@ -114,6 +159,9 @@ def get_scale_func(name: str, scale_token: Sequence[int], **params: Any) -> Scal
             "dotted path (package.module:function)"
         )
     _check_params(name, func, params)
+    check = getattr(func, "check_params", None)
+    if check is not None:
+        check(**params)
     token = list(scale_token)
 
     def scaler(*, iteration: int, seq, entropies) -> tuple[bool, list[int]]:
