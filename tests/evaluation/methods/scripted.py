@@ -73,3 +73,49 @@ class ScriptedBackend:
                 want, how = self.answer_len, "eos"
             out.append(produce(request, want, how, self.body(request)))
         return out
+
+
+class HashModel:
+    """A made-up deterministic model: what it generates depends only on its input ids (and the
+    seed), so two drivers that feed it the same inputs get the same outputs — ours through
+    `ModelBackend`, a test-side re-implementation of an original through `generate`."""
+
+    def __init__(self, seed: int = 0, newline_rate: int = 5) -> None:
+        self.seed = seed
+        self.newline_rate = newline_rate
+
+    def _rng(self, input_ids):
+        import random
+
+        return random.Random(hash((self.seed, tuple(input_ids))))
+
+    def generate(self, input_ids, max_tokens: int, min_tokens: int = 0,
+                 stop_token_ids=(), stop=(), thinking: bool = True) -> GenResult:  # fmt: skip
+        """One engine call: `thinking` rounds end with the first stop token (or the stop string's
+        token) or EOS, answers with EOS; min_tokens and max_tokens as vLLM applies them."""
+        rng = self._rng(input_ids)
+        want = rng.choice([rng.randint(0, 6), rng.randint(0, 30), rng.randint(20, 90)])
+        how = rng.choice(["stop", "stop", "eos"]) if thinking else "eos"
+        body = [NEWLINE if rng.randrange(self.newline_rate) == 0 else rng.choice(POOL)
+                for _ in range(max_tokens)]  # fmt: skip
+        request = GenRequest(list(input_ids), max_new_tokens=max_tokens, min_tokens=min_tokens,
+                             stop_token_ids=tuple(stop_token_ids), stop=tuple(stop))  # fmt: skip
+        return produce(request, want, how, body.__getitem__)
+
+
+class ModelBackend:
+    """Our backend protocol over a `HashModel`."""
+
+    name = "hf"
+
+    def __init__(self, model: HashModel) -> None:
+        self.model = model
+        self.requests: list[GenRequest] = []
+
+    def run(self, requests, **_sampling) -> list[GenResult]:
+        self.requests += requests
+        return [
+            self.model.generate(r.input_ids, r.max_new_tokens, r.min_tokens, r.stop_token_ids,
+                                r.stop, thinking=bool(r.stop or r.stop_token_ids))
+            for r in requests
+        ]  # fmt: skip

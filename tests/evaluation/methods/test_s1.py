@@ -35,12 +35,13 @@ def enc(tokenizer, text):
 
 
 def reference_lmeval(backend, tok, cases, eos):
-    """A2 written out: thinking rounds, the ignore string, the cap, the end string, the answer.
+    """A2 written out: thinking rounds, the ignore string, the cap, the end string, the answer
+    (this loop's ignore strings fit: one-token "Wait"; tests/…/test_s1_budget.py has the rest).
     `cases`: dicts with prompt, B, n_ignore, ignore, compat, answer. Runs all cases in lockstep
     (one backend call per round) and returns each case's full output after the prompt."""
     start, end = "<think>", "</think>"  # the prepared model's delimiters (from its spec)
     until = enc(tok, end)[0]
-    state = [{"thinking": [], "last": None, "active": True, "round": 0} for _ in cases]
+    state = [{"thinking": [], "text": "", "last": None, "active": True} for _ in cases]
     max_rounds = max((c["n_ignore"] or 0) + 1 for c in cases)
     for r in range(max_rounds):
         batch = []
@@ -64,12 +65,14 @@ def reference_lmeval(backend, tok, cases, eos):
             if res.finish_reason == "stop" and ids and (ids[-1] == until or ids[-1] in eos):
                 ids = ids[:-1]
             s["thinking"] += ids
+            s["text"] += tok.decode(ids, skip_special_tokens=False)
             s["last"] = res
             rounds = (c["n_ignore"] or 0) + 1
             if res.finish_reason == "length" or r == rounds - 1:
                 s["active"] = False
             else:
                 s["thinking"] += enc(tok, c["ignore"])
+                s["text"] += c["ignore"] or ""
     answers = []
     for c, s in zip(cases, state, strict=True):
         thinking = s["thinking"]
@@ -78,8 +81,8 @@ def reference_lmeval(backend, tok, cases, eos):
             thinking = thinking[: c["B"]]
         elif len(thinking) >= c["B"]:
             capped = True
-        if capped:
-            text = tok.decode(thinking, skip_special_tokens=False)
+        if capped:  # the fork decides the newline on its uncut text
+            text = s["text"] if c["compat"] else tok.decode(thinking, skip_special_tokens=False)
             newline = [] if text.endswith("\n") else enc(tok, "\n")
             tail = newline + enc(tok, end + "\nFinal Answer:")
         else:

@@ -44,6 +44,89 @@ def test_entropy_thresholding_follows_spec_and_compat_rules():
     fork_frac = get_scale_func("entropy_thresholding", [9], threshold=0.5, last_k=0.5,
                                compat="s1")  # fmt: skip
     assert call(fork_frac, seq=range(8), entropies=[0.9, 0.0, 0.0, 0.0, 0.1])[0] is True
+    # The two forks part where 1 − t·d^i and t·d^i do: threshold 0.2 → below 0.8 / below 0.2.
+    hf = get_scale_func("entropy_thresholding", [9], threshold=0.2, compat=["hf_fork"])
+    vllm = get_scale_func("entropy_thresholding", [9], threshold=0.2, compat=["vllm_fork"])
+    assert call(hf, entropies=[0.5])[0] is True and call(vllm, entropies=[0.5])[0] is False
+
+
+def hf_fork_reference(threshold, decay_factor, last_k, iteration, seq, entropies):
+    """The HF fork's rule (reference notes A3, issue 20), written out: a last_k strictly between 0
+    and 1 becomes ceil(last_k · len(seq)); any last_k above −1 keeps entropies[-last_k:] (so 0
+    keeps them all); the mean is 0 for none; go on while it is below 1 − threshold·decay^i."""
+    return _fork_mean(last_k, seq, entropies) < 1 - threshold * decay_factor**iteration
+
+
+def vllm_fork_reference(threshold, decay_factor, last_k, iteration, seq, entropies):
+    """The later vLLM fork: the same window, go on while the mean is below threshold·decay^i."""
+    return _fork_mean(last_k, seq, entropies) < threshold * decay_factor**iteration
+
+
+def _fork_mean(last_k, seq, entropies):
+    window = list(entropies)
+    if 0 < last_k < 1:
+        last_k = math.ceil(last_k * len(seq))
+    if last_k > -1 and last_k != 0:  # entropies[-0:] is all of them
+        window = window[max(0, len(window) - last_k) :]
+    return sum(window) / len(window) if window else 0.0
+
+
+def entropy_cases():
+    """Constructed entropy lists (exact ties with the limits included) × thresholds × decays ×
+    last_k (−1, 0, −3, integers, fractions) × iterations 0–3 × sequence lengths."""
+    import random
+
+    rng = random.Random(7)
+    lists = [[], [0.5], [0.0, 1.0], [0.25, 0.75], [0.2] * 5, [0.8, 0.1, 0.1], [1.0] * 3]
+    lists += [[rng.choice([0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0, rng.random()])
+               for _ in range(rng.randint(1, 12))] for _ in range(12)]  # fmt: skip
+    for ent in lists:
+        for threshold in (0.1, 0.2, 0.5, 0.75, 0.9):
+            for decay in (1.0, 0.9, 0.5):
+                for last_k in (-1, 0, -3, 1, 2, 5, 20, 0.1, 0.25, 0.5, 0.99):
+                    for iteration in range(4):
+                        yield threshold, decay, last_k, iteration, range(rng.randint(1, 40)), ent
+
+
+@pytest.mark.parametrize(("rule", "reference"), [("hf_fork", hf_fork_reference),
+                                                 ("vllm_fork", vllm_fork_reference)])
+def test_fork_rules_against_their_re_implementations(rule, reference):
+    same = total = 0
+    for threshold, decay, last_k, iteration, seq, ent in entropy_cases():
+        scaler = get_scale_func("entropy_thresholding", [9], threshold=threshold,
+                                decay_factor=decay, last_k=last_k, compat=[rule])  # fmt: skip
+        ours = call(scaler, iteration=iteration, seq=seq, entropies=ent)
+        expected = reference(threshold, decay, last_k, iteration, seq, ent)
+        total += 1
+        same += ours == (expected, [9])
+    print(f"entropy_thresholding compat {rule}: {same}/{total} identical")
+    assert same == total
+    # Not vacuous: the rules differ from each other and from our default on these cases.
+    differ = sum(hf_fork_reference(*c) != vllm_fork_reference(*c) for c in entropy_cases())
+    print(f"hf_fork and vllm_fork agree on {total - differ}/{total}")
+    assert 0 < differ < total
+
+
+def test_compat_names_and_parameters_the_forks_cannot_run():
+    with pytest.raises(UserError, match=r"compat: no switch for 'hf' here; .* lists originals: "
+                       r"hf_fork \(.*\), vllm_fork \(.*\), s1 \("):  # fmt: skip
+        get_scale_func("entropy_thresholding", [9], compat=["hf"])
+    with pytest.raises(UserError, match="hf_fork and vllm_fork are two different rules"):
+        get_scale_func("entropy_thresholding", [9], compat=["hf_fork", "vllm_fork"])
+    for bad in (2.0, -0.5, 0.0):
+        with pytest.raises(UserError, match=f"last_k {bad} with compat vllm_fork"):
+            get_scale_func("entropy_thresholding", [9], last_k=bad, compat=["vllm_fork"])
+        get_scale_func("entropy_thresholding", [9], last_k=bad)  # our rule takes it
+    with pytest.raises(UserError, match="scaling function 'default' has no parameter 'compat'"):
+        get_scale_func("default", [9], compat=["hf_fork"])
+    from budgetthinker.evaluation.methods import get_method
+
+    # compat: [s1] on s1 is what the s1-era docs promised: the HF fork's rule (0.3 < 1 − 0.2)
+    s1 = get_method({"name": "s1",
+                     "scale_func": {"name": "entropy_thresholding", "threshold": 0.2}})  # fmt: skip
+    assert s1.scaler([9], compat=True)(iteration=0, seq=[1], entropies=[0.3])[0] is True
+    assert s1.scaler([9], compat=False)(iteration=0, seq=[1], entropies=[0.3])[0] is True
+    assert s1.scaler([9], compat=False)(iteration=0, seq=[1], entropies=[0.1])[0] is False
 
 
 def test_decorators_and_registration():
