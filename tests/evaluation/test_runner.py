@@ -18,6 +18,7 @@ from budgetthinker.errors import UserError
 from budgetthinker.evaluation.config import EvalConfig
 from budgetthinker.evaluation.results import record_key
 from budgetthinker.evaluation.runner import run_eval
+from tests.evaluation.ceiling import assert_within_budget
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT = REPO / "configs" / "eval" / "default.yaml"
@@ -36,7 +37,9 @@ def tiny(tmp_path, *extra) -> EvalConfig:
 
 
 def read(out_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (out_dir / "samples.jsonl").read_text().splitlines()]
+    """The saved samples, each checked against its method's thinking budget."""
+    lines = (out_dir / "samples.jsonl").read_text().splitlines()
+    return assert_within_budget(json.loads(line) for line in lines)
 
 
 @pytest.fixture(scope="module")
@@ -305,3 +308,22 @@ def test_vllm_samples_do_not_depend_on_chunking(tmp_path, vllm_backend):
     text = {record_key(r)[4:]: r["text"] for r in whole}
     assert {record_key(r)[4:]: r["text"] for r in small} == text
     assert len(set(text.values())) > 1
+
+
+CHECK = "{name: s1, thinking_n_ignore: 2, thinking_n_ignore_str: Let me check, max_gen_toks: 4}"
+
+
+def test_s1_with_a_long_ignore_string_in_both_modes(tmp_path, hf_backend):
+    """Every saved s1 sample keeps within B (read checks it); under compat: [s1] the record
+    also holds the fork's returned text, which is what was graded."""
+    args = [f"methods=[{CHECK}]", "budgets=[6,12]", "data.synthetic.n=3"]
+    plain = read(run_eval(tiny(tmp_path, *args, "experiment=plain"), backend=hf_backend))
+    fork = read(run_eval(tiny(tmp_path, *args, "experiment=fork", "compat=[s1]"),
+                         backend=hf_backend))  # fmt: skip
+    assert len(plain) == len(fork) == 6
+    assert all("graded_text" not in r and r["thinking_budget"] == r["budget"] for r in plain)
+    for r in fork:
+        assert r["graded_as"].startswith("s1 fork") and "</think>" in r["graded_text"]
+        forced = "Final Answer:" in r["text"]
+        assert r["finished_thinking"] is (r["thinking_cut"] == 0 and not forced)
+    assert any(r["thinking_cut"] for r in fork)  # the fork's rounds went past B
