@@ -14,10 +14,12 @@ budget is only asked for, and generation is capped at `max_new_tokens` (default 
 
 `tale_ep` runs two rounds: the estimator prompt (over the full CoT prompt, as the original),
 then the budgeted CoT prompt with the parsed estimate β̂ (the first `[[digits]]`). The estimate
-is saved per sample (`tale_estimate`, its parse status and the budget actually used). Fallback,
-instead of the original's crash on no match: an unparsable or zero estimate uses the sweep's
-budget; one above the answer cap is clamped to the cap. `tale_estimate_in_range` is true when
-the estimate was used as given.
+is saved per sample (`tale_estimate`, its parse status and the budget actually used). Fallback
+(the original's `extract_number` gives −1 for no match, and its prompt then asks for "less than
+-1 tokens"): an unparsable or zero estimate uses the sweep's budget; one above the answer cap is
+clamped to the cap. `tale_estimate_in_range` is true when the estimate was used as given. Under
+`compat: [tale]` the original's way: the estimator sees the prompt after its `extract_question`,
+and the estimate is used as given (−1 when there is none, 0, or above the cap).
 """
 
 from __future__ import annotations
@@ -129,9 +131,13 @@ class TaleEP(TaleMethod):
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
             raise UserError(f"tale_ep estimator_max_tokens must be a positive integer, got {cap!r}")
 
+    @property
+    def original(self) -> bool:
+        return "tale" in self.params["compat"]
+
     def text(self, question: str, budget: int) -> str:
         """Round 1: the estimator prompt over the CoT prompt."""
-        return estimator_prompt(cot_prompt(question, self.params["family"]))
+        return estimator_prompt(cot_prompt(question, self.params["family"]), self.original)
 
     def episode(self, ctx: SampleContext) -> Episode:
         cap = ctx.max_new_tokens or DEFAULT_CAP
@@ -141,9 +147,10 @@ class TaleEP(TaleMethod):
         )
         estimate_text = ctx.tokenizer.decode(list(estimate.token_ids), skip_special_tokens=True)
         value = parse_estimate(estimate_text)
-        budget, status = fallback_budget(value, ctx.budget, cap)
+        budget, status = fallback_budget(value, ctx.budget, cap, self.original)
         cot = cot_prompt(ctx.question, self.params["family"])
-        text = render(ctx.tokenizer, add_budget(cot, budget), self.params["compat"])
+        text = render(ctx.tokenizer, add_budget(cot, budget, original=self.original),
+                      self.params["compat"])  # fmt: skip
         prompt_ids = ctx.tokenizer.encode(text, add_special_tokens=False)
         answer = yield GenRequest(prompt_ids, max_new_tokens=cap, seed=ctx.round_seed(1))
         return Outcome(
@@ -160,15 +167,25 @@ class TaleEP(TaleMethod):
         )
 
 
-def fallback_budget(estimate: int | None, sweep_budget: int, cap: int) -> tuple[int, str]:
+def fallback_budget(
+    estimate: int | None, sweep_budget: int, cap: int, original: bool = False
+) -> tuple[int, str]:
     """The budget TALE-EP answers under, and why: `ok` (the estimate), `unparsable` or `zero`
-    (→ the sweep's budget), `clamped` (above the answer cap → the cap).
+    (→ the sweep's budget), `clamped` (above the answer cap → the cap). `original` (`compat:
+    [tale]`): the estimate as given, −1 when unparsable (`extract_number`), status `above_cap`
+    for one above the cap.
 
     >>> fallback_budget(120, 500, 1024), fallback_budget(None, 500, 1024)
     ((120, 'ok'), (500, 'unparsable'))
     >>> fallback_budget(0, 500, 1024), fallback_budget(10**12, 500, 1024)
     ((500, 'zero'), (1024, 'clamped'))
+    >>> fallback_budget(None, 500, 1024, original=True), fallback_budget(0, 500, 1024, True)
+    ((-1, 'unparsable'), (0, 'zero'))
     """
+    if original:
+        status = ("unparsable" if estimate is None else "zero" if estimate <= 0
+                  else "above_cap" if estimate > cap else "ok")  # fmt: skip
+        return (-1 if estimate is None else estimate), status
     if estimate is None:
         return sweep_budget, "unparsable"
     if estimate <= 0:

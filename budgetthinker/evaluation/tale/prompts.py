@@ -83,13 +83,17 @@ FAMILIES: dict[str, PromptFamily] = {
         cot="Q: {question}\nLet's think step by step:\n",
         direct="Please answer the following question and give the answer directly\nQ: {question}",
     ),
-    # GPQA (the original has no direct prompt for it)
+    # GPQA: gpqa_prompts (its direct prompt is `no_reasoning`, "strictly" spelled right here)
     "gpqa": PromptFamily(
         cot=(
             "Q: {question}\nPlease Give the response by strictly following this format: "
             "[[choice]],for example: Choice: [[A]].\nLet's think step by step:\n"
         ),
-        direct=None,
+        direct=(
+            "Please answer the following question directly and give the answer directly "
+            "without any reasoning process. Please strictly follow the format: [[choice]],for "
+            "example: Choice: [[A]].\n{question}\n"
+        ),
         answer_format="choice",
     ),
 }
@@ -104,9 +108,28 @@ ESTIMATOR_CONTEXT = (
 ESTIMATOR_TEMPLATE = '{context}\n\nBelow is the question:\n\nQuestion: "{question}"\n'
 """The LangChain `PromptTemplate` the estimator instruction is wrapped in."""
 
+EXTRACT_QUESTION_STRIPS = (
+    "以下是一道关于数学的单项选择题，请你一步一步推理，并在最后用“所以答案为选项X”给出答案，其中“X”为"
+    "选项A，B，C，D中你认为正确的选项。下面是你要回答的问题\n",
+    "Here is a multiple-choice question about mathematics. Please reason through it step by step, "
+    "and at the end, provide your answer option with 'Therefore, the correct answer is option X', "
+    "Where 'X' is the correct option you think from A，B，C，D. Here is the question you need to "
+    "answer:\n",
+    "请严格按照如下格式回答：[[选项]]，例如：选项: [[A]]。\n让我们一步一步思考：\n",
+    "Please Give the response by strictly following this format: [[choice]],for example: "
+    "Choice: [[A]].\nLet's think step by step:\n",
+    "Please answer the following question directly and give the answer directly without any "
+    "reasoning process. Please strictLy follow the format: [[choice]],for example: Choice: "
+    "[[A]].\n",
+)
+"""What the original's `extract_question` removes, in order, before TALE-EP's estimator sees a
+prompt (MathBench's instructions and the choice families' format lines; nothing of GSM8K's)."""
+
 COMPATS = ("tale",)
 """The original TALE has a switch for: `compat: [tale]` renders the original's plain string for
-local models (`TALE_PLAIN`) instead of the model's own chat template with TALE's system line."""
+local models (`TALE_PLAIN`) instead of the model's own chat template with TALE's system line,
+and makes TALE-EP read and use its estimate as the original does (`extract_question`, −1 for no
+`[[N]]`, no fallback or clamp)."""
 
 TALE_PLAIN = "You are a helpful assistant.\nUser: {prompt}\nAssistant:"
 
@@ -149,13 +172,15 @@ def direct_prompt(question: str, family_name: str = "gsm8k") -> str:
     return template.format(question=question)
 
 
-def add_budget(prompt: str, budget: int) -> str:
-    """`utils.add_budget`: the CoT trigger replaced in place by its budgeted form.
+def add_budget(prompt: str, budget: int, *, original: bool = False) -> str:
+    """`utils.add_budget`: the CoT trigger replaced in place by its budgeted form. `original`:
+    any integer, as the original writes it (TALE-EP's −1 for an estimate it could not read).
 
     >>> add_budget("Q: 1+1?\\nLet's think step by step:\\n", 50)
     "Q: 1+1?\\nLet's think step by step and use less than 50 tokens:\\n"
     """
-    check_budget(budget)
+    if not original:
+        check_budget(budget)
     if COT_TRIGGER not in prompt and COT_TRIGGER_CN not in prompt:
         raise UserError(
             'the prompt has no CoT trigger ("Let\'s think step by step:\\n") to put the budget '
@@ -171,19 +196,23 @@ def budget_prompt(question: str, budget: int, family_name: str = "gsm8k") -> str
     return add_budget(cot_prompt(question, family_name), budget)
 
 
-def estimator_prompt(prompt: str) -> str:
+def estimator_prompt(prompt: str, original: bool = False) -> str:
     """TALE-EP's estimator prompt for a CoT prompt.
 
-    The original passes the whole CoT prompt as the question for GSM8K (its `extract_question`
-    only strips MathBench/Chinese format lines), so the estimator also sees the answer-format
-    line; we do the same for every family.
+    The original passes the CoT prompt through its `extract_question`, which strips only
+    MathBench's instructions and the choice families' format lines (`EXTRACT_QUESTION_STRIPS`),
+    so on GSM8K the estimator also sees the answer-format line. By default we pass the whole CoT
+    prompt for every family; `original` (`compat: [tale]`) strips as the original does.
     """
+    if original:
+        for line in EXTRACT_QUESTION_STRIPS:
+            prompt = prompt.replace(line, "")
     return ESTIMATOR_TEMPLATE.format(context=ESTIMATOR_CONTEXT, question=prompt)
 
 
 def parse_estimate(text: str) -> int | None:
     """The estimated budget: the first `[[digits]]` of the estimator's answer, else None (the
-    original used `re.search` and crashed on no match)."""
+    original's `extract_number` returns −1 then, and TALE-EP asks for "less than -1 tokens")."""
     match = _ESTIMATE.search(text)
     return int(match.group(1)) if match else None
 

@@ -44,6 +44,18 @@ def test_other_families_and_chinese_trigger():
     assert tale.cot_prompt("X", "mathbench_cloze") == "Q: X\nLet's think step by step:\n"
 
 
+def test_gpqa_direct_prompt_is_the_original_no_reasoning_prompt():
+    """`gpqa_prompts['no_reasoning']` (inference.py --data_name GPQA without --reasoning), with
+    the options appended to the question as the original's loader does."""
+    question = "Which is prime?\nA. 7\nB. 8\nC. 9\nD. 10"
+    assert tale.direct_prompt(question, "gpqa") == (
+        "Please answer the following question directly and give the answer directly without any "
+        "reasoning process. Please strictly follow the format: [[choice]],for example: Choice: "
+        "[[A]].\nWhich is prime?\nA. 7\nB. 8\nC. 9\nD. 10\n"
+    )
+    assert all(f.direct for f in tale.FAMILIES.values())  # every family has one now
+
+
 def test_estimator_prompt_is_the_original():
     assert tale.estimator_prompt("P") == (
         "Task: Analyze the given question and estimate the minimum number of tokens required to "
@@ -92,8 +104,6 @@ def test_bad_input_is_one_clear_error():
             tale.budget_prompt(Q, bad)
     with pytest.raises(UserError, match="no CoT trigger"):
         tale.add_budget("no trigger here", 10)
-    with pytest.raises(UserError, match="no direct-answer prompt"):
-        tale.direct_prompt(Q, "gpqa")
     with pytest.raises(UserError, match="TALE compat: no switch for 'vllm' here"):
         tale.render(None, "P", "vllm")
 
@@ -105,6 +115,98 @@ def test_the_grader_reads_the_tale_answer_format():
     assert result.correct and result.predicted == "5"
     assert not grade("Answer: [[6]] (the 5 is wrong)", "5", answer_format="tale").correct
     assert grade("So he has $1,250.", "1250", answer_format="tale").correct
+
+
+# ---------------------------------------------------------------------------------------------
+# TALE-EP under compat: [tale] against the original's TALE-EP.py, re-implemented from its
+# documented behaviour (reference notes A.8, issue 20) over random estimator answers
+
+ORIGINAL_STRIPS = [  # utils.extract_question, in its order
+    "以下是一道关于数学的单项选择题，请你一步一步推理，并在最后用“所以答案为选项X”给出答案，"
+    "其中“X”为选项A，B，C，D中你认为正确的选项。下面是你要回答的问题\n",
+    "Here is a multiple-choice question about mathematics. Please reason through it step by "
+    "step, and at the end, provide your answer option with 'Therefore, the correct answer is "
+    "option X', Where 'X' is the correct option you think from A，B，C，D. Here is the question "
+    "you need to answer:\n",
+    "请严格按照如下格式回答：[[选项]]，例如：选项: [[A]]。\n让我们一步一步思考：\n",
+    "Please Give the response by strictly following this format: [[choice]],for example: "
+    "Choice: [[A]].\nLet's think step by step:\n",
+    "Please answer the following question directly and give the answer directly without any "
+    "reasoning process. Please strictLy follow the format: [[choice]],for example: Choice: "
+    "[[A]].\n",
+]
+
+
+def original_tale_ep(cot: str, estimator_answer: str) -> tuple[str, str, int]:
+    """TALE-EP.py's Adapter for one item: the estimator prompt, the second prompt, the budget."""
+    import re
+
+    question = cot
+    for line in ORIGINAL_STRIPS:
+        question = question.replace(line, "")
+    context = (
+        "Task: Analyze the given question and estimate the minimum number of tokens required to "
+        "generate a complete and accurate response. Please Give the response by strictly "
+        "following this format: [[budget]],for example: Budget: [[12]]."
+    )
+    estimator = f'{context}\n\nBelow is the question:\n\nQuestion: "{question}"\n'
+    match = re.search(r"\[\[(\d+)\]\]", estimator_answer)
+    budget = int(match.group(1) if match else -1)
+    trigger = "Let's think step by step"
+    second = cot.replace(
+        f"{trigger}:\n", f"{trigger} and use less than {budget} tokens:\n"
+    ).replace("让我们一步一步思考：\n", f"让我们一步一步思考并使用少于 {budget} tokens:\n")
+    plain = "You are a helpful assistant.\nUser: {}\nAssistant:"  # its local-model string
+    return plain.format(estimator), plain.format(second), budget
+
+
+def random_answer(rng) -> str:
+    n = rng.choice([0, 1, 7, 50, 120, 1023, 1024, 1025, 99999, 10**20])
+    return rng.choice([
+        f"Budget: [[{n}]]", f"[[{n}]] or maybe [[{n + 3}]]", f"about {n} tokens", "",
+        f"[[ {n} ]]", f"[[-{n}]]", f"[[{n}.5]]", f"Budget: [[{n}]].", "[[twelve]]",
+    ])  # fmt: skip
+
+
+def test_tale_ep_compat_is_the_original_on_random_estimates(tokenizer):
+    import random
+
+    from budgetthinker.evaluation.methods import SampleContext, get_method
+    from budgetthinker.generation import GenResult
+
+    rng = random.Random(5)
+    questions = [
+        "Tom has 3 apples and buys 4 more. How many?",
+        "Which is prime?\nA. 7\nB. 8\nC. 9\nD. 10",
+        "Here is a multiple-choice question about mathematics. Please reason through it step by "
+        "step, and at the end, provide your answer option with 'Therefore, the correct answer is "
+        "option X', Where 'X' is the correct option you think from A，B，C，D. Here is the "
+        "question you need to answer:\n2 + 2 = ?\nA. 4\nB. 5",
+    ]
+    families = ["gsm8k", "mathbench_choice", "mathbench_choice_cn", "mathbench_cloze", "gpqa"]
+    same = total = 0
+    for _ in range(300):
+        family, question = rng.choice(families), rng.choice(questions)
+        answer = random_answer(rng)
+        method = get_method({"name": "tale_ep", "family": family, "compat": ["tale"]})
+        estimator_text = method.prompt(tokenizer, question, 64, None)
+        ids = tokenizer.encode(estimator_text, add_special_tokens=False)
+        ctx = SampleContext(prompt_ids=ids, budget=64, tokenizer=tokenizer, spec=None,
+                            delimiters=None, max_new_tokens=1024, question=question)  # fmt: skip
+        episode = method.episode(ctx)
+        next(episode)
+        second = episode.send(GenResult(tokenizer.encode(answer, add_special_tokens=False),
+                                        "stop"))  # fmt: skip
+        try:
+            episode.send(GenResult([2], "stop"))
+        except StopIteration as stop:
+            outcome = stop.value
+        expected = original_tale_ep(tale.cot_prompt(question, family), answer)
+        got = (estimator_text, tokenizer.decode(second.prompt_ids), outcome.extra["tale_budget"])
+        total += 1
+        same += got == expected
+        assert got == expected, (family, question, answer)
+    print(f"tale_ep compat tale vs the original: {same}/{total} identical")
 
 
 # ---------------------------------------------------------------------------------------------
