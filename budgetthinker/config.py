@@ -38,7 +38,7 @@ ORIGINALS = {
     "s1": "the s1 lm-evaluation-harness fork (its budget rounds, end string and graded text)",
     "hf_fork": "the scaling-function fork's Hugging Face version (its entropy_thresholding rule)",
     "vllm_fork": "the scaling-function fork's later vLLM version (its entropy_thresholding rule)",
-    "tale": "TALE's code (its plain local-model prompt string)",
+    "tale": "TALE's code (its plain local-model prompt string, TALE-EP's estimate handling)",
     "cts": "CTS's LLMLingua call (its effective keep fraction and threshold rule)",
 }
 """`compat` means the same everywhere: the list of originals whose behaviour to reproduce,

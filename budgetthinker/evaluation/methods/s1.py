@@ -8,9 +8,14 @@ thinking early, up to `thinking_n_ignore` times, the end is suppressed and
 decide instead. Then `thinking_end` is appended (`thinking_end + "\\nFinal Answer:"`, after a
 "\\n" unless the text ends with one, when thinking hit the cap) and the answer generated.
 
-Budget per round: by default each extra round gets what is left of B (the s1 README loop).
-`compat: [s1]` reproduces the fork: every round may use the full B and the sum is cut to B
-afterwards (a sample cut that way whose last round stopped by itself gets no "Final Answer:").
+Budget per round: by default each extra round gets what is left of B (the s1 README loop), and
+what is appended inside thinking (the ignore string, a scaler's tokens) is cut to what is left:
+thinking never exceeds B, in any mode (`Outcome.ceiling`). `compat: [s1]` reproduces the fork:
+every round may use the full B and the sum is cut to B afterwards (a sample cut that way whose
+last round stopped by itself gets no "Final Answer:", but is recorded as not finished); the
+newline before the end string is decided on the uncut text (none when thinking_start begins
+with one); min_tokens is 1 whenever thinking_n_ignore is set; and the fork's returned text —
+its uncut thinking — is what is graded (`graded_text`), docs/methods/s1.md.
 
 `thinking_start`/`thinking_end` default to the model's delimiters (`auto`: `<think>`/`</think>`
 on a prepared or R1-style model, `<|im_start|>think`/`<|im_start|>answer` on s1 models, the

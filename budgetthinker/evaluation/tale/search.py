@@ -10,7 +10,8 @@ first halving already fails keeps β* = T and no budgeted answer (status `no_red
 
 Rule `paper` (Algorithms 1–2): the reference cost is that of the budgeted prompt at β0 = T (one
 extra call), not of the vanilla prompt; otherwise the same halving. As printed, Algorithm 1
-evaluates the same β twice after a success; we read it as intended (successive halving).
+evaluates the same β twice after a success and returns the β of the check that failed (the first
+rejected budget); we read it as intended: successive halving, returning the last feasible β.
 
 The loop is pure logic over two functions — an answerer (prompts → texts and token counts) and a
 judge (texts and golds → correct?) — so it is tested with a scripted fake and runs on any
