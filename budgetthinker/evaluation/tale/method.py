@@ -130,6 +130,11 @@ class TaleEP(TaleMethod):
         cap = self.params["estimator_max_tokens"]
         if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
             raise UserError(f"tale_ep estimator_max_tokens must be a positive integer, got {cap!r}")
+        if cap is not None and self.original:
+            raise UserError(
+                "tale_ep estimator_max_tokens is ours: the original caps every call at "
+                "max_tokens (1024); drop it or compat: [tale]"
+            )
 
     @property
     def original(self) -> bool:

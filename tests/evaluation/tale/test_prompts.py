@@ -207,6 +207,8 @@ def test_tale_ep_compat_is_the_original_on_random_estimates(tokenizer):
         same += got == expected
         assert got == expected, (family, question, answer)
     print(f"tale_ep compat tale vs the original: {same}/{total} identical")
+    with pytest.raises(UserError, match="estimator_max_tokens is ours: the original caps every"):
+        get_method({"name": "tale_ep", "compat": ["tale"], "estimator_max_tokens": 16})
 
 
 # ---------------------------------------------------------------------------------------------
