@@ -70,7 +70,8 @@ class EvalConfig:
     stop_at_think_end: bool = True  # no control tokens after `</think>` (false: the original)
     # the originals to reproduce (docs/faithful_switches.md): seed (BudgetThinker's original:
     # two-stage as a second request on every output, control tokens after `</think>`), s1 (the
-    # s1 harness fork's budget accounting and scaling rule); TALE's is a method parameter
+    # s1 harness fork's budget rounds, end string and graded text, and the HF scaling fork's
+    # entropy_thresholding rule); TALE's is a method parameter, the scaler forks' scale_func's
     compat: list[str] = field(default_factory=list)
     delimiters: dict | None = None  # {start: <text>, end: <text>}; default: detected
     budgets: list[int] = field(default_factory=lambda: list(RELEASE_BUDGETS))
