@@ -344,3 +344,117 @@ def test_resume_after_sigkill_loses_nothing_and_scores_nothing_twice(tmp_path):
     assert run["traces_skipped_as_done"] == len(done_before)
     assert run["traces_scored"] == len(rows) - len(done_before)
     assert stats["ratios"]["0.5"]["traces"] == len(rows)
+
+
+# ── resume safety: settings recorded in every row, one run per output file ──────────────────
+
+
+def _cts_argv(tmp_path, *extra: str) -> list[str]:
+    traces = tmp_path / "t.jsonl"
+    if not traces.exists():
+        traces.write_text("".join(json.dumps(make_trace(3, i, 1)) + "\n" for i in range(2)))
+    return [
+        "cts", "--ref-model", "default", "--traces", str(traces), "--device", "cpu",
+        "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def _prior_row(tmp_path, **changes) -> dict:
+    from budgetthinker.preparation.embedded_model import default_base_dir
+    from budgetthinker.sft.cts import run_settings
+
+    settings = run_settings(default_base_dir(), CTSOptions(ratios=(0.6,)), "float32")
+    return {"id": "x", "question": "q", "response": "r", "cts": {"ratio": 0.6, "settings": {
+        **settings, **changes}}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "changes, extra, named",
+    [
+        ({"scorer": "self_information"}, [], "scorer 'self_information' → 'conditional'"),
+        ({}, ["--compat", "cts"], "compat [] → ['cts']"),
+        ({}, ["--iterative-size", "900"], "iterative_size 1800 → 900"),
+        ({"ref_model": "/elsewhere"}, [], "ref_model '/elsewhere' →"),
+        (None, [], "no settings recorded"),
+    ],
+)
+def test_a_resume_with_other_settings_is_refused_and_changes_nothing(
+    tmp_path, capsys, changes, extra, named
+):
+    out = tmp_path / "c.jsonl"
+    row = _prior_row(tmp_path, **(changes or {}))
+    if changes is None:
+        del row["cts"]["settings"]
+    before = json.dumps(row) + "\n" + '{"id": "y", "half'
+    out.write_text(before)
+    assert main([*_cts_argv(tmp_path, "--ratio", "0.6", *extra), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and named in err and "use another --out" in err, err
+    assert out.read_text() == before  # not even the half-written line was cut
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "t.jsonl"]
+
+
+def test_a_resume_with_another_ratio_for_the_same_file_is_refused(tmp_path, capsys):
+    out = tmp_path / "c.jsonl"
+    out.write_text(json.dumps(_prior_row(tmp_path)) + "\n")
+    assert main([*_cts_argv(tmp_path, "--ratio", "0.8"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "ratio 0.6 → 0.8" in err and "\n" not in err
+
+
+def test_an_output_file_in_use_is_refused(tmp_path, capsys):
+    from budgetthinker.outputs import FolderLock
+
+    # another run writes c_r60.jsonl (its --out c.jsonl with two ratios)
+    with FolderLock(tmp_path, "other", name=".c_r60.jsonl.lock"):
+        argv = _cts_argv(tmp_path, "--ratio", "0.6")
+        assert main([*argv, "--out", str(tmp_path / "c_r60.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "c_r60.jsonl is already being run (pid" in err and "use another --out" in err
+    assert "\n" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl"]
+
+
+@pytest.mark.slow
+def test_real_runs_record_settings_refuse_changes_and_resume(tmp_path, capsys):
+    out = tmp_path / "c.jsonl"
+    argv = [*_cts_argv(tmp_path, "--ratio", "0.6", "--ratio", "0.8"), "--out", str(out)]
+    assert main(argv) == 0
+    files = list(output_paths(out, [0.6, 0.8]).values())
+    rows = [json.loads(x) for x in files[0].read_text().splitlines()]
+    assert {r["cts"]["settings"]["scorer"] for r in rows} == {"conditional"}
+    before = [f.read_bytes() for f in files]
+    assert main([*argv, "--scorer", "self_information"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scorer 'conditional' → 'self_information'" in err[0]
+    assert [f.read_bytes() for f in files] == before
+    assert main(argv) == 0  # the same settings: everything is already done
+    stats = json.loads((tmp_path / "c.stats.json").read_text())
+    assert stats["this_run"]["traces_skipped_as_done"] == 2
+    assert stats["options"]["scorer"] == "conditional"
+    assert [f.read_bytes() for f in files] == before
+    assert not list(tmp_path.glob(".*.lock"))
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_on_one_out_cannot_interleave(tmp_path):
+    out = tmp_path / "c.jsonl"
+    argv = [*_cts_argv(tmp_path, "--ratio", "0.5"), "--out", str(out), "--chunk", "1"]
+    cmd = [sys.executable, "-m", "budgetthinker.cli", *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lock = tmp_path / ".c.jsonl.lock"
+    deadline = time.time() + 120
+    while not lock.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert lock.exists(), "the first run never took its lock"
+    # the first run holds the lock from before its model loads until its stats are written
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    assert first.wait(timeout=600) == 0, first.stderr.read()
+    err = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(err) == 1, second.stderr
+    assert "c.jsonl is already being run (pid" in err[0] and str(first.pid) in err[0]
+    ids = _ids(out)
+    assert sorted(ids) == sorted({*ids}) and len(ids) == 2  # every trace once
+    assert not lock.exists()
