@@ -37,7 +37,7 @@ ORIGINALS = {
     "seed": "the original BudgetThinker code (its rollout, reward rule, SFT placement, evaluation)",
     "s1": "the s1 lm-evaluation-harness fork (its budget rounds and scaling-function rule)",
     "tale": "TALE's code (its plain local-model prompt string)",
-    "cts": "CTS's LLMLingua call (its effective keep fraction and threshold rule)",
+    "cts": "CTS's LLMLingua call (the tokens it keeps, artefacts included)",
 }
 """`compat` means the same everywhere: the list of originals whose behaviour to reproduce,
 quirks included (docs/faithful_switches.md). Each stage accepts the originals it has switches

@@ -829,7 +829,7 @@ def add_cts_args(parser: argparse.ArgumentParser) -> None:
         choices=COMPATS,
         action="append",
         default=[],
-        help="cts: the original's effective ratio and threshold rule (see docs/stages/cts.md)",
+        help="cts: the tokens CTS's LLMLingua call keeps, artefacts included (docs/stages/cts.md)",
     )
     parser.add_argument(
         "--condition",
