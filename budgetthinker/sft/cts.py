@@ -126,6 +126,11 @@ class CTSOptions:
             if value not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         object.__setattr__(self, "compat", tuple(check_compat(self.compat, COMPATS, "--compat")))
+        if "cts" in self.compat and self.long == "drop":
+            raise UserError(
+                "--long drop has no counterpart in CTS (its script cuts the thinking at "
+                "--max-thinking tokens); leave out --long drop or --compat cts"
+            )
         if self.iterative_size <= 0 or self.max_thinking <= 0:
             raise UserError("--iterative-size and --max-thinking must be positive")
 
@@ -280,10 +285,7 @@ class JobBuilder:
 
         tok, opts = self.tokenizer, self.opts
         own = tok(trace.thinking, add_special_tokens=False).input_ids
-        original, cut = len(own), len(own) > opts.max_thinking
-        if cut and opts.long == "drop":
-            self.dropped["too_long"] += 1
-            return None
+        original, cut = len(own), len(own) > opts.max_thinking  # (--long drop is refused)
         thinking = tok.decode(own[: opts.max_thinking])  # CTS: decode(encode(thinking)[:5000])
         conditional = opts.scorer == "conditional"
         prefix, start = "", 0

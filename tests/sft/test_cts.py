@@ -60,9 +60,11 @@ def test_quota_keeps_the_top_scores_ties_to_the_earlier_token():
     assert select_quota(torch.tensor([1.0, 1.0, 1.0]), 0, 3, 0.34) == [0]
 
 
-def test_an_unknown_compat_name_is_one_line():
-    with pytest.raises(UserError, match="--compat: no switch for 'none' here"):
+def test_an_unknown_compat_name_or_a_setting_cts_lacks_is_one_line():
+    with pytest.raises(UserError, match="--compat: no switch for 'none' here; .* cts \\(CTS"):
         CTSOptions(ratios=(0.5,), compat="none")
+    with pytest.raises(UserError, match="--long drop has no counterpart in CTS"):
+        CTSOptions(ratios=(0.5,), compat="cts", long="drop")
 
 
 def test_output_paths_and_final_part(tmp_path):
