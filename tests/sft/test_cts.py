@@ -426,6 +426,7 @@ def test_real_runs_record_settings_refuse_changes_and_resume(tmp_path, capsys):
     rows = [json.loads(x) for x in files[0].read_text().splitlines()]
     assert {r["cts"]["settings"]["scorer"] for r in rows} == {"conditional"}
     before = [f.read_bytes() for f in files]
+    capsys.readouterr()  # the first run's progress output
     assert main([*argv, "--scorer", "self_information"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "scorer 'conditional' → 'self_information'" in err[0]
