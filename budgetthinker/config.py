@@ -39,7 +39,7 @@ ORIGINALS = {
     "hf_fork": "the scaling-function fork's Hugging Face version (its entropy_thresholding rule)",
     "vllm_fork": "the scaling-function fork's later vLLM version (its entropy_thresholding rule)",
     "tale": "TALE's code (its plain local-model prompt string, TALE-EP's estimate handling)",
-    "cts": "CTS's LLMLingua call (its effective keep fraction and threshold rule)",
+    "cts": "CTS's LLMLingua call (the tokens it keeps, artefacts included)",
 }
 """`compat` means the same everywhere: the list of originals whose behaviour to reproduce,
 quirks included (docs/faithful_switches.md). Each stage accepts the originals it has switches

@@ -254,10 +254,16 @@ class FolderLock:
     """
 
     NAME = ".lock"
+    HINT = "wait for it to finish or use another experiment=<name>"
 
-    def __init__(self, folder: str | os.PathLike, what: str) -> None:
-        self.path = Path(folder) / self.NAME
+    def __init__(
+        self, folder: str | os.PathLike, what: str, name: str = NAME, hint: str = HINT
+    ) -> None:
+        """`name`: the lock file (several locks in one folder, one per output file); `hint`:
+        the fix the refusal names."""
+        self.path = Path(folder) / name
         self.what = what
+        self.hint = hint
         self._fd: int | None = None
 
     def acquire(self) -> FolderLock:
@@ -268,10 +274,8 @@ class FolderLock:
             except BlockingIOError:
                 holder = _read_holder(fd)
                 os.close(fd)
-                raise UserError(
-                    f"{self.what} is already being run ({holder}); wait for it to finish "
-                    "or use another experiment=<name>"
-                ) from None
+                message = f"{self.what} is already being run ({holder}); {self.hint}"
+                raise UserError(message) from None
             # The holder before us may have removed the file between our open and our lock:
             # then we hold a lock on a deleted file; try again on the current one.
             try:

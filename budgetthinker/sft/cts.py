@@ -17,16 +17,11 @@ Selection, default (no `--compat`): the ratio α means kept thinking tokens ÷ t
 Window w = [a, b) keeps its top `round(α·b) − round(α·a)` tokens by score (ties: the earlier
 token), so the kept fraction is α within half a token overall and one token per window.
 
-Selection, `--compat cts` (what CTS's LLMLingua call does, B.2): the keep fraction is
-`τ = min(1, α·(L_answer + L_thinking) / (L_thinking + 3))` (the answer's length enters the
-target because CTS passes it as the question with `concate_question=False`), the first pass
-scores the whole thinking uncompressed, and window w keeps the tokens whose score is strictly
-above the threshold `sorted(buffer, descending)[max(0, min(n−1, int(n·τ)−1))]` where the buffer
-holds the scores seen so far: the kept tokens of earlier windows (scored given the kept prefix),
-window w, and the first-pass scores of the windows not reached yet. τ = 1 keeps everything.
-Not reproduced, on purpose: LLMLingua decides token i with the score of token i+1 (its loss
-vector is shifted by one against the keep mask), and for a thinking shorter than one window its
-window arithmetic goes negative; here every token is decided by its own score.
+Selection, `--compat cts`: exactly what CTS's LLMLingua call keeps, artefacts included (the
+answer and the thinking tokenized as one text, no context before the unconditional pass, the
+answer's length in the target, the shifted keep mask, the window arithmetic that leaves the last
+partial window and most of a thinking shorter than one window untouched): see
+`budgetthinker.sft.cts_compat`, where it is written out, and docs/stages/cts.md.
 
 Several ratios from one pass: window 0 is scored with no kept prefix, so its scores are the same
 for every ratio and are computed once. Window w ≥ 1 is scored given the tokens kept so far, which
@@ -36,25 +31,29 @@ therefore costs one pass for all ratios; a longer one costs 1 + (windows − 1)�
 
 The output text is the original text: kept token i contributes `thinking[end_{i−1}:end_i]`
 (character offsets from the reference tokenizer), never a decode of ids, so nothing drifts
-through re-tokenisation and a character split over two byte tokens is never cut in half.
+through re-tokenisation and a character split over two byte tokens is never cut in half
+(`--compat cts`: the decode of the kept ids, as CTS writes it).
 
 Output: one JSONL per ratio (`OUT` for one ratio, `OUT_r60.jsonl`, `OUT_r80.jsonl`, … for
 several), each row a trace `sft-data` reads as it is (`question`, `response` with the compressed
-`<think>…</think>`, `answer`, `id`, and a `cts` record). Rows are appended when a trace is
-finished for every ratio, so a killed run resumes where it stopped (`--resume` is the default:
-ids already in a file are skipped; a half-written last line is cut off). The stats file
-(`OUT.stats.json` without the `.jsonl`) is rebuilt from the output files at the end.
+`<think>…</think>`, `answer`, `id`, and a `cts` record with the settings that made it). Rows are
+appended when a trace is finished for every ratio, so a killed run resumes where it stopped (ids
+already in a file are skipped; a half-written last line is cut off); a rerun whose settings
+differ from those recorded in a file's rows is refused, and every file a run writes is locked
+(`.<name>.lock`) so two runs cannot interleave rows. The stats file (`OUT.stats.json` without
+the `.jsonl`) is rebuilt from the output files at the end.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -62,7 +61,7 @@ from typing import TYPE_CHECKING
 from budgetthinker.config import check_compat
 from budgetthinker.control_spec import THINK_END
 from budgetthinker.errors import UserError
-from budgetthinker.outputs import atomic_json
+from budgetthinker.outputs import FolderLock, atomic_json, removed_on_failure
 from budgetthinker.sft.data import (
     ANSWER_KEYS,
     DROP_REASONS,
@@ -75,6 +74,8 @@ from budgetthinker.sft.data import (
 
 if TYPE_CHECKING:  # torch is imported where it is used: `budgetthinker --help` stays fast
     import torch
+
+    from budgetthinker.sft.cts_compat import LinguaRun
 
 ITERATIVE_SIZE = 1800
 MAX_THINKING = 5000
@@ -89,6 +90,10 @@ CTS_DROP_REASONS = {
     "too_long": "thinking longer than --max-thinking reference tokens (with --long drop)",
     "unencodable": "the reference tokenizer cannot encode the text (unknown tokens)",
     "duplicate_id": "an earlier row has the same id (ids name rows in the resumable output)",
+    "cts_refused": "--compat cts: LLMLingua raises on this trace, so CTS's script would stop "
+    "(the answer + '\\n\\n' shares a token with the thinking, or a one-token thinking at τ < 1)",
+    "beyond_positions": "--compat cts: answer and thinking exceed the reference model's positions "
+    "(LLMLingua would compress its KV cache; not reproduced)",
 }
 
 
@@ -121,6 +126,11 @@ class CTSOptions:
             if value not in allowed:
                 raise UserError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
         object.__setattr__(self, "compat", tuple(check_compat(self.compat, COMPATS, "--compat")))
+        if "cts" in self.compat and self.long == "drop":
+            raise UserError(
+                "--long drop has no counterpart in CTS (its script cuts the thinking at "
+                "--max-thinking tokens); leave out --long drop or --compat cts"
+            )
         if self.iterative_size <= 0 or self.max_thinking <= 0:
             raise UserError("--iterative-size and --max-thinking must be positive")
 
@@ -131,21 +141,6 @@ class CTSOptions:
 def half_up(x: float) -> int:
     """Round half up (Python's round() goes to even, which would make quotas uneven)."""
     return math.floor(x + 0.5)
-
-
-def keep_fraction(ratio: float, compat: Sequence[str], n_thinking: int, n_condition: int) -> float:
-    """The fraction of thinking tokens to keep: α itself, or CTS's effective τ (B.2).
-
-    >>> keep_fraction(0.5, (), 1000, 200)
-    0.5
-    >>> round(keep_fraction(0.5, ["cts"], 1000, 200), 4)   # 0.5 · 1200 / 1003
-    0.5982
-    >>> keep_fraction(0.9, ["cts"], 100, 400)
-    1.0
-    """
-    if "cts" in compat:
-        return min(1.0, ratio * (n_condition + n_thinking) / (n_thinking + 3))
-    return ratio
 
 
 def window_bounds(n: int, size: int) -> list[tuple[int, int]]:
@@ -161,20 +156,6 @@ def select_quota(scores: torch.Tensor, a: int, b: int, fraction: float) -> list[
         return []
     order = sorted(range(b - a), key=lambda j: (-float(scores[j]), j))
     return sorted(a + j for j in order[:quota])
-
-
-def cts_threshold(buffer: torch.Tensor, fraction: float) -> float:
-    """LLMLingua's `get_estimate_threshold_base_distribution`: the score at rank
-    `int(n·τ) − 1` (clamped to [0, n−1]) of the buffer sorted descending; −inf for τ = 1."""
-    if fraction >= 1.0 or buffer.numel() == 0:
-        return float("-inf")
-    rank = max(0, min(buffer.numel() - 1, int(buffer.numel() * fraction) - 1))
-    return float(buffer.sort(descending=True).values[rank])
-
-
-def select_threshold(window: torch.Tensor, a: int, threshold: float) -> list[int]:
-    """`--compat cts`: keep the window's tokens scored strictly above the threshold."""
-    return [a + j for j in range(window.numel()) if float(window[j]) > threshold]
 
 
 # ── traces → jobs ────────────────────────────────────────────────────────────────────────────
@@ -206,8 +187,14 @@ class Job:
     original_tokens: int
     cut: bool
     windows: list[tuple[int, int]]
-    first: torch.Tensor | None = None
     runs: list[RatioRun] = field(default_factory=list)
+    # --compat cts: the joint tokenization (answer + "\n\n" + thinking; `ids` = joint[start:]),
+    # LLMLingua's windows, and the lengths its target uses (L(""), L(answer), L(thinking) with
+    # special tokens, the thinking's own token count without)
+    joint: list[int] = field(default_factory=list)
+    start: int = 0
+    lingua_windows: list[int] = field(default_factory=list)
+    lengths: tuple[int, int, int, int] = (0, 0, 0, 0)
 
 
 @dataclass
@@ -219,6 +206,9 @@ class RatioRun:
     window: int = 0
     kept: list[int] = field(default_factory=list)
     scores: dict[int, float] = field(default_factory=dict)
+    text: str | None = None  # --compat cts: the decoded kept ids (what CTS writes)
+    lingua: LinguaRun | None = None
+    failed: bool = False  # --compat cts: LLMLingua raises here
 
 
 def encodable(text: str, encoding, unk_id: int | None) -> bool:
@@ -235,8 +225,9 @@ def encodable(text: str, encoding, unk_id: int | None) -> bool:
 class JobBuilder:
     """Raw rows → Jobs for one reference tokenizer; drops are counted by reason."""
 
-    def __init__(self, tokenizer, opts: CTSOptions):
+    def __init__(self, tokenizer, opts: CTSOptions, max_positions: int | None = None):
         self.tokenizer, self.opts = tokenizer, opts
+        self.max_positions = max_positions  # the reference model's (--compat cts needs them)
         self.backend = tokenizer.backend_tokenizer
         self.unk_id = tokenizer.unk_token_id
         self.dropped: Counter = Counter()
@@ -251,6 +242,8 @@ class JobBuilder:
         condition_text = (
             tail if self.opts.condition == "final" and tail else f"\\boxed{{{trace.answer}}}"
         )
+        if "cts" in self.opts.compat:
+            return self._build_compat(key, trace, tail, condition_text)
         enc = self.backend.encode(trace.thinking, add_special_tokens=False)
         cond = self.backend.encode(condition_text, add_special_tokens=False)
         if not (
@@ -279,6 +272,59 @@ class JobBuilder:
             original_tokens=original,
             cut=cut,
             windows=window_bounds(len(ids), self.opts.iterative_size),
+        )
+
+    def _build_compat(self, key: str, trace: Trace, tail: str, condition: str) -> Job | None:
+        """The job as CTS's script hands it to LLMLingua (budgetthinker.sft.cts_compat)."""
+        from budgetthinker.sft.cts_compat import (
+            TraceRefused,
+            fit_prefix,
+            prefix_length,
+            window_sizes,
+        )
+
+        tok, opts = self.tokenizer, self.opts
+        own = tok(trace.thinking, add_special_tokens=False).input_ids
+        original, cut = len(own), len(own) > opts.max_thinking  # (--long drop is refused)
+        thinking = tok.decode(own[: opts.max_thinking])  # CTS: decode(encode(thinking)[:5000])
+        conditional = opts.scorer == "conditional"
+        prefix, start = "", 0
+        try:
+            if conditional:
+                fitted = fit_prefix(tok, condition, opts.iterative_size, self.max_positions)
+                prefix = fitted + SEPARATOR
+                start = prefix_length(tok, prefix, thinking)
+        except TraceRefused:
+            self.dropped["cts_refused"] += 1
+            return None
+        text = prefix + thinking
+        enc = self.backend.encode(text, add_special_tokens=False)
+        if not encodable(text, enc, self.unk_id):
+            self.dropped["unencodable"] += 1
+            return None
+        joint = list(enc.ids)
+        if self.max_positions is not None and len(joint) > self.max_positions:
+            self.dropped["beyond_positions"] += 1
+            return None
+        self.cut += cut
+        own_len = len(tok(thinking, add_special_tokens=False).input_ids)
+        empty = len(tok("").input_ids)  # lengths with special tokens, as LLMLingua counts them
+        question = len(tok(condition).input_ids) if conditional else empty
+        return Job(
+            key=key,
+            trace=trace,
+            thinking=thinking,
+            tail=tail or f"**Final Answer**\\boxed{{{trace.answer}}}",
+            ids=joint[start:],
+            ends=[max(0, end - len(prefix)) for _, end in enc.offsets[start:]],
+            condition=joint[:start],
+            original_tokens=original,
+            cut=cut,
+            windows=[],
+            joint=joint,
+            start=start,
+            lingua_windows=window_sizes(own_len, opts.iterative_size),
+            lengths=(empty, question, len(tok(thinking).input_ids), own_len),
         )
 
 
@@ -316,40 +362,24 @@ class Compressor:
             return [lps[2 * k + 1] - lps[2 * k] for k in range(len(requests))]
         return [-lp for lp in lps]
 
-    def _decide(self, job: Job, run: RatioRun, prefix_scores, window) -> None:
-        import torch
-
+    def _decide(self, job: Job, run: RatioRun, window) -> None:
         a, b = job.windows[run.window]
-        if "cts" in self.opts.compat:
-            stale = job.first[b:] if job.first is not None else torch.zeros(0)
-            buffer = torch.cat([prefix_scores, window, stale])
-            kept = select_threshold(window, a, cts_threshold(buffer, run.fraction))
-        else:
-            kept = select_quota(window, a, b, run.fraction)
-        run.kept.extend(kept)
+        run.kept.extend(select_quota(window, a, b, run.fraction))
         run.scores.update({a + j: float(window[j]) for j in range(b - a)})
         run.window += 1
 
     def compress(self, jobs: list[Job]) -> None:
         """Fill every job's runs (one per ratio) with the kept indices."""
-        import torch
-
+        if "cts" in self.opts.compat:
+            self._compress_compat(jobs)
+            return
         for job in jobs:
-            n_cond = len(job.condition)
-            job.runs = [
-                RatioRun(r, keep_fraction(r, self.opts.compat, len(job.ids), n_cond))
-                for r in self.opts.ratios
-            ]
-        # window 0 (--compat cts: the whole thinking, the first pass) — shared by all ratios
-        first = [
-            (job, (), 0, len(job.ids) if "cts" in self.opts.compat else job.windows[0][1])
-            for job in jobs
-        ]
+            job.runs = [RatioRun(r, r) for r in self.opts.ratios]
+        # window 0 has no kept prefix: its scores are shared by all ratios
+        first = [(job, (), 0, job.windows[0][1]) for job in jobs]
         for job, scores in zip(jobs, self._score(first), strict=True):
-            job.first = scores
-            b = job.windows[0][1]
             for run in job.runs:
-                self._decide(job, run, torch.zeros(0), scores[:b])
+                self._decide(job, run, scores)
         # windows 1, 2, …: each (job, ratio) given its own kept prefix; equal prefixes once
         while True:
             todo = [(job, run) for job in jobs for run in job.runs if run.window < len(job.windows)]
@@ -363,8 +393,55 @@ class Compressor:
             for job, run in todo:
                 a, _ = job.windows[run.window]
                 scores = scored[(id(job), tuple(run.kept), a)]
-                n = len(run.kept)
-                self._decide(job, run, scores[:n], scores[n:])
+                self._decide(job, run, scores[len(run.kept) :])
+
+    def _compress_compat(self, jobs: list[Job]) -> None:
+        """--compat cts: LLMLingua's procedure per (job, ratio), every step's forward passes
+        batched over all of them; equal passes (all of step 0, equal prefixes) are run once."""
+        from budgetthinker.sft.cts_compat import LinguaRun, TraceRefused, lingua_fraction
+
+        conditional = self.opts.scorer == "conditional"
+        live = []
+        for job in jobs:
+            job.runs = []
+            for ratio in self.opts.ratios:
+                run = RatioRun(ratio, lingua_fraction(ratio, *job.lengths))
+                run.lingua = LinguaRun(
+                    job.joint,
+                    job.start,
+                    job.lingua_windows,
+                    run.fraction,
+                    self.opts.iterative_size,
+                    conditional,
+                )
+                job.runs.append(run)
+                live.append(run)
+        while live:
+            unique: dict[tuple, tuple[list[int], list[int]]] = {}
+            asked = []
+            for run in live:
+                keys = []
+                for context, targets in run.lingua.requests():
+                    key = (tuple(context), tuple(targets))
+                    unique.setdefault(key, (context, targets))
+                    keys.append(key)
+                asked.append(keys)
+            scored = dict(zip(unique, self.scorer.score(list(unique.values())), strict=True))
+            for run, keys in zip(live, asked, strict=True):
+                try:
+                    run.lingua.advance([scored[k] for k in keys])
+                except TraceRefused:
+                    run.failed = True
+            live = [run for run in live if not (run.failed or run.lingua.done)]
+        decode = self.scorer.tokenizer.decode
+        for job in jobs:
+            for run in job.runs:
+                if run.failed:
+                    continue
+                run.kept = run.lingua.kept()
+                run.scores = dict(run.lingua.decided)
+                text = decode([job.ids[i] for i in run.kept])
+                run.text = text.replace("<s> ", "").replace("<s>", "")
 
 
 def compressed_text(job: Job, kept: list[int]) -> str:
@@ -372,9 +449,11 @@ def compressed_text(job: Job, kept: list[int]) -> str:
     return "".join(job.thinking[job.ends[i - 1] if i else 0 : job.ends[i]] for i in kept)
 
 
-def output_row(job: Job, run: RatioRun, opts: CTSOptions) -> dict:
-    """The trace in `sft-data`'s input format, with its compressed thinking and a `cts` record."""
-    text = compressed_text(job, run.kept).strip()
+def output_row(job: Job, run: RatioRun, opts: CTSOptions, settings: dict | None = None) -> dict:
+    """The trace in `sft-data`'s input format, with its compressed thinking and a `cts` record
+    (`settings`: what made it, checked when a later run appends to the same file)."""
+    text = compressed_text(job, run.kept) if run.text is None else run.text
+    text = text.strip()
     row = {
         "id": job.key,
         "question": job.trace.question,
@@ -392,8 +471,14 @@ def output_row(job: Job, run: RatioRun, opts: CTSOptions) -> dict:
             "cut": job.cut,
         },
     }
-    if opts.save_scores:
-        row["cts"]["scores"] = [round(run.scores[i], 6) for i in range(len(job.ids))]
+    if run.lingua is not None:  # --compat cts: the windows LLMLingua lists and those it compressed
+        row["cts"]["windows"] = len(job.lingua_windows)
+        row["cts"]["windows_compressed"] = run.lingua.step
+    if settings is not None:
+        row["cts"]["settings"] = settings
+    if opts.save_scores:  # the score each token was decided on (None: kept without a decision)
+        scores = [run.scores.get(i) for i in range(len(job.ids))]
+        row["cts"]["scores"] = [None if x is None else round(x, 6) for x in scores]
         row["cts"]["kept"] = run.kept
     return row
 
@@ -420,33 +505,76 @@ def stats_path(out: str | os.PathLike) -> Path:
     return out.with_name(f"{out.stem}.stats.json")
 
 
-class AppendOnlyJsonl:
-    """An output file that only grows by whole lines: on open, a half-written last line (a
-    killed run) is cut off and the ids already written are collected."""
+def settings_change(old: object, new: dict) -> str | None:
+    """What differs between the settings recorded in a row and this run's ("key old → new",
+    …), or None when they are the same."""
+    if not isinstance(old, dict):
+        return "no settings recorded (written by an older budgetthinker or another program)"
+    keys = sorted({*old, *new})
+    changed = [f"{k} {old.get(k)!r} → {new.get(k)!r}" for k in keys if old.get(k) != new.get(k)]
+    return ", ".join(changed) or None
 
-    def __init__(self, path: Path):
+
+class AppendOnlyJsonl:
+    """An output file that only grows by whole lines. Reading it collects the ids already
+    written and, given this run's `settings` and `ratio`, refuses rows made with other ones
+    (nothing is changed then); the first write cuts off a half-written last line (a killed run)
+    and appends from there."""
+
+    def __init__(self, path: Path, settings: dict | None = None, ratio: float | None = None):
         self.path = path
         self.done: set[str] = set()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_file():
-            data = path.read_bytes()
-            whole = data[: data.rfind(b"\n") + 1]
-            if len(whole) != len(data):
-                with path.open("r+b") as f:
-                    f.truncate(len(whole))
-            for line in whole.decode("utf-8").splitlines():
-                if line.strip():
-                    self.done.add(str(json.loads(line)["id"]))
-        self.file = path.open("a", encoding="utf-8")
+        self.file = None
+        if not path.is_file():
+            return
+        data = path.read_bytes()
+        whole = data.rfind(b"\n") + 1
+        expected = None if settings is None else {**settings, "ratio": ratio}
+        for n, line in enumerate(data[:whole].decode("utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                rid = str(row["id"])
+            except (ValueError, KeyError, TypeError):
+                raise UserError(
+                    f"{path} line {n} is not a cts output row; use another --out, or delete "
+                    f"{path} to redo it"
+                ) from None
+            if expected is not None:
+                rec = row.get("cts") if isinstance(row.get("cts"), dict) else {}
+                old = rec.get("settings")
+                change = settings_change(
+                    {**old, "ratio": rec.get("ratio")} if isinstance(old, dict) else old,
+                    expected,
+                )
+                if change:
+                    raise UserError(
+                        f"{path} holds rows made with other settings ({change}); rerun with "
+                        f"the same settings to resume, or use another --out (or delete {path})"
+                    )
+            self.done.add(rid)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_file():
+            with self.path.open("r+b") as f:
+                whole = f.read().rfind(b"\n") + 1
+                if whole != f.tell():
+                    f.truncate(whole)
+        self.file = self.path.open("a", encoding="utf-8")
 
     def write(self, row: dict) -> None:
+        if self.file is None:
+            self._open()
         self.file.write(json.dumps(row, ensure_ascii=False) + "\n")
         self.file.flush()
         os.fsync(self.file.fileno())
         self.done.add(row["id"])
 
     def close(self) -> None:
-        self.file.close()
+        if self.file is not None:
+            self.file.close()
 
 
 def ratio_stats(path: Path) -> dict:
@@ -484,6 +612,40 @@ def _keyed_rows(rows: Iterable[object]) -> Iterator[tuple[str, object]]:
         yield (str(rid) if rid not in (None, "") else f"row-{n}"), row
 
 
+def run_settings(ref_model: str | os.PathLike, opts: CTSOptions, dtype: str) -> dict:
+    """What decides a row's content besides its trace and ratio (recorded in every row)."""
+    return {
+        "ref_model": str(Path(ref_model).expanduser().resolve()),
+        "scorer": opts.scorer,
+        "compat": list(opts.compat),
+        "condition": opts.condition,
+        "iterative_size": opts.iterative_size,
+        "max_thinking": opts.max_thinking,
+        "long": opts.long,
+        "dtype": dtype,
+        "save_scores": opts.save_scores,
+    }
+
+
+def locked_outputs(paths: Iterable[Path]) -> contextlib.ExitStack:
+    """One lock per file a run writes (`.<name>.lock` next to it): a second run that would
+    write any of them is refused with one line naming the holder."""
+    stack = contextlib.ExitStack()
+    try:
+        for path in sorted(set(paths)):
+            lock = FolderLock(
+                path.parent,
+                f"cts output {path}",
+                name=f".{path.name}.lock",
+                hint="wait for it to finish, or use another --out",
+            )
+            stack.enter_context(lock)
+    except BaseException:
+        stack.close()
+        raise
+    return stack
+
+
 def compress_file(
     ref_model: str | os.PathLike,
     traces: str | os.PathLike,
@@ -495,19 +657,45 @@ def compress_file(
     chunk: int = 32,
     progress: bool = True,
 ) -> dict:
-    """The whole job: score, select, append rows per ratio, write the stats; returns them."""
-    from tqdm import tqdm
+    """The whole job: score, select, append rows per ratio, write the stats; returns them.
 
-    from budgetthinker.sft.cts_scoring import TokenScorer
+    Checked before the model loads, so a refused run changes nothing: the inputs, the lock on
+    every output file, and the settings recorded in rows already there."""
+    from budgetthinker.sft.cts_scoring import check_model_dir, resolve_dtype
 
     if chunk <= 0:
         raise UserError(f"--chunk must be positive, got {chunk}")
     if not Path(traces).is_file():
         raise UserError(f"traces file {traces} does not exist")
+    check_model_dir(ref_model)
+    torch_dtype = resolve_dtype(device, dtype)
+    settings = run_settings(ref_model, opts, str(torch_dtype).removeprefix("torch."))
+    out = Path(out)
+    paths = output_paths(out, opts.ratios)
+    with removed_on_failure(out.parent), contextlib.ExitStack() as stack:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(locked_outputs([*paths.values(), stats_path(out)]))
+        writers = {r: AppendOnlyJsonl(p, settings, r) for r, p in paths.items()}
+        for w in writers.values():
+            stack.callback(w.close)
+        return _compress(
+            ref_model, traces, out, opts, writers, settings, device, torch_dtype, batch_tokens,
+            chunk, progress,
+        )  # fmt: skip
+
+
+def _compress(
+    ref_model, traces, out, opts, writers, settings, device, torch_dtype, batch_tokens, chunk,
+    progress,
+) -> dict:  # fmt: skip
+    from tqdm import tqdm
+
+    from budgetthinker.sft.cts_scoring import TokenScorer
+
     rows = read_jsonl(traces)
-    scorer = TokenScorer(ref_model, device, dtype, batch_tokens)
-    builder, compressor = JobBuilder(scorer.tokenizer, opts), Compressor(scorer, opts)
-    writers = {r: AppendOnlyJsonl(p) for r, p in output_paths(out, opts.ratios).items()}
+    scorer = TokenScorer(ref_model, device, torch_dtype, batch_tokens)
+    builder = JobBuilder(scorer.tokenizer, opts, scorer.max_positions)
+    compressor = Compressor(scorer, opts)
     read = resumed = scored_traces = scored_tokens = 0
     start = time.perf_counter()
     bar = tqdm(unit="trace", desc="cts", disable=not progress)
@@ -519,10 +707,13 @@ def compress_file(
         compressor.compress(jobs)
         for job in jobs:
             for run in job.runs:
-                if job.key not in writers[run.ratio].done:
-                    writers[run.ratio].write(output_row(job, run, opts))
-            scored_traces += 1
-            scored_tokens += len(job.ids)
+                if not run.failed and job.key not in writers[run.ratio].done:
+                    writers[run.ratio].write(output_row(job, run, opts, settings))
+            if any(run.failed for run in job.runs):
+                builder.dropped["cts_refused"] += 1
+            else:
+                scored_traces += 1
+                scored_tokens += len(job.ids)
         bar.update(len(jobs))
 
     try:
@@ -557,14 +748,7 @@ def compress_file(
     report = {
         "ref_model": str(ref_model),
         "traces": str(traces),
-        "options": {
-            "scorer": opts.scorer,
-            "compat": list(opts.compat),
-            "condition": opts.condition,
-            "iterative_size": opts.iterative_size,
-            "max_thinking": opts.max_thinking,
-            "long": opts.long,
-        },
+        "options": settings,
         "read": read,
         "dropped": dict(sorted(builder.dropped.items())),
         "dropped_total": sum(builder.dropped.values()),
@@ -647,7 +831,7 @@ def add_cts_args(parser: argparse.ArgumentParser) -> None:
         choices=COMPATS,
         action="append",
         default=[],
-        help="cts: the original's effective ratio and threshold rule (see docs/stages/cts.md)",
+        help="cts: the tokens CTS's LLMLingua call keeps, artefacts included (docs/stages/cts.md)",
     )
     parser.add_argument(
         "--condition",

@@ -46,6 +46,18 @@ def resolve_device(device: str) -> torch.device:
     return resolved
 
 
+def resolve_dtype(device: str, dtype: str | torch.dtype) -> torch.dtype:
+    """`auto` → bfloat16 on a GPU, float32 on the CPU; else the torch dtype named."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if resolve_device(device).type == "cuda" else torch.float32
+    resolved = getattr(torch, dtype, None)
+    if not isinstance(resolved, torch.dtype):
+        raise UserError(f"--dtype {dtype!r} is not a torch dtype; use auto, bfloat16 …")
+    return resolved
+
+
 def check_model_dir(path: str | Path) -> Path:
     """A reference model folder must hold a transformers config (the one-line error otherwise)."""
     folder = Path(path).expanduser()
@@ -75,7 +87,7 @@ class TokenScorer:
         self,
         model_dir: str | Path,
         device: str = "auto",
-        dtype: str = "auto",
+        dtype: str | torch.dtype = "auto",
         batch_tokens: int = 16384,
     ):
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -84,12 +96,7 @@ class TokenScorer:
         if batch_tokens <= 0:
             raise UserError(f"--batch-tokens must be positive, got {batch_tokens}")
         self.device = resolve_device(device)
-        if dtype == "auto":
-            torch_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
-        else:
-            torch_dtype = getattr(torch, dtype, None)
-            if not isinstance(torch_dtype, torch.dtype):
-                raise UserError(f"--dtype {dtype!r} is not a torch dtype; use auto, bfloat16 …")
+        torch_dtype = resolve_dtype(device, dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(folder)
         if not getattr(self.tokenizer, "is_fast", False):
             raise UserError(
@@ -107,6 +114,11 @@ class TokenScorer:
         self._split = decoder is not None and not post_processed
         self.batch_tokens = batch_tokens
         self.stats = ScorerStats()
+
+    @property
+    def max_positions(self) -> int | None:
+        """The model's `max_position_embeddings` (None where its config has none)."""
+        return getattr(self.model.config, "max_position_embeddings", None)
 
     @property
     def special_prefix(self) -> list[int]:

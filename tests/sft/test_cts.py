@@ -26,13 +26,10 @@ from budgetthinker.sft.cts import (
     Compressor,
     CTSOptions,
     JobBuilder,
-    cts_threshold,
     final_part,
-    keep_fraction,
     output_paths,
     output_row,
     select_quota,
-    select_threshold,
     window_bounds,
 )
 from budgetthinker.synthetic import make_trace
@@ -63,22 +60,11 @@ def test_quota_keeps_the_top_scores_ties_to_the_earlier_token():
     assert select_quota(torch.tensor([1.0, 1.0, 1.0]), 0, 3, 0.34) == [0]
 
 
-def test_cts_threshold_is_llmlingua_rank_rule():
-    buffer = torch.tensor([5.0, 1.0, 4.0, 2.0, 3.0, 0.0, -1.0, 6.0, 7.0, 8.0])
-    # int(10·0.6) − 1 = 5 → the 6th largest (3.0); strictly above it: 5 tokens
-    assert cts_threshold(buffer, 0.6) == 3.0
-    assert len(select_threshold(buffer, 0, cts_threshold(buffer, 0.6))) == 5
-    assert cts_threshold(buffer, 1.0) == float("-inf")
-    assert cts_threshold(buffer, 0.05) == 8.0  # rank clamped to 0: nothing strictly above max
-
-
-def test_compat_fraction_is_the_b2_formula():
-    for ratio, n_thk, n_ans in ((0.5, 1000, 200), (0.6, 37, 11), (0.9, 100, 400), (0.5, 10, 0)):
-        expected = min(1.0, ratio * (n_ans + n_thk) / (n_thk + 3))
-        assert keep_fraction(ratio, ["cts"], n_thk, n_ans) == pytest.approx(expected)
-        assert keep_fraction(ratio, [], n_thk, n_ans) == ratio
-    with pytest.raises(UserError, match="--compat: no switch for 'none' here"):
+def test_an_unknown_compat_name_or_a_setting_cts_lacks_is_one_line():
+    with pytest.raises(UserError, match="--compat: no switch for 'none' here; .* cts \\(CTS"):
         CTSOptions(ratios=(0.5,), compat="none")
+    with pytest.raises(UserError, match="--long drop has no counterpart in CTS"):
+        CTSOptions(ratios=(0.5,), compat="cts", long="drop")
 
 
 def test_output_paths_and_final_part(tmp_path):
@@ -97,6 +83,7 @@ def test_append_only_file_cuts_a_half_written_line(tmp_path):
     path.write_text('{"id": "a"}\n{"id": "b"}\n{"id": "c", "resp')
     writer = AppendOnlyJsonl(path)
     assert writer.done == {"a", "b"}
+    assert path.read_text().endswith('"resp')  # reading changes nothing
     writer.write({"id": "c"})
     writer.close()
     assert [json.loads(x)["id"] for x in path.read_text().splitlines()] == ["a", "b", "c"]
@@ -219,55 +206,32 @@ def test_output_is_the_original_text_at_token_boundaries(scorer):
             assert row["response"].endswith("\n</think>\n" + raw["response"].split("</think>\n")[1])
 
 
-def slow_windowed(scorer, job, ratio: float, size: int, compat: tuple) -> list[int]:
+def slow_windowed(scorer, job, ratio: float, size: int) -> list[int]:
     """The windowed rule written out: each window scored on its own with two plain passes."""
     cond_ctx, plain_ctx = contexts(scorer, job.tail)
     ids, n = job.ids, len(job.ids)
-    n_cond = len(scorer.tokenizer(job.tail, add_special_tokens=False).input_ids)
-    tau = min(1.0, ratio * (n_cond + n) / (n + 3)) if "cts" in compat else ratio
-    if "cts" in compat:  # the first pass: the whole thinking, nothing dropped yet
-        first = direct_scores(scorer, ids, cond_ctx, plain_ctx, "conditional")
     kept: list[int] = []
     for a in range(0, n, size):
         b = min(a + size, n)
         targets = [ids[i] for i in kept] + ids[a:b]
         scores = direct_scores(scorer, targets, cond_ctx, plain_ctx, "conditional").tolist()
         window = scores[len(kept) :]
-        if "cts" in compat:
-            buffer = scores + first[b:].tolist()
-            rank = max(0, min(len(buffer) - 1, int(len(buffer) * tau) - 1))
-            threshold = sorted(buffer, reverse=True)[rank] if tau < 1 else -math.inf
-            kept += [a + j for j, s in enumerate(window) if s > threshold]
-        else:
-            quota = math.floor(ratio * b + 0.5) - math.floor(ratio * a + 0.5)
-            best = sorted(range(b - a), key=lambda j: (-window[j], j))[:quota]
-            kept += sorted(a + j for j in best)
+        quota = math.floor(ratio * b + 0.5) - math.floor(ratio * a + 0.5)
+        best = sorted(range(b - a), key=lambda j: (-window[j], j))[:quota]
+        kept += sorted(a + j for j in best)
     return kept
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("compat, ratios", [((), (0.5, 0.7)), (("cts",), (0.6,))])
-def test_several_windows_agree_with_a_slow_reimplementation(scorer, compat, ratios):
+def test_several_windows_agree_with_a_slow_reimplementation(scorer):
     trace = make_trace(1, 5, 2)  # 81 thinking tokens: 4 windows of 24
     size = 24
-    jobs, _ = compress(scorer, [trace], ratios=ratios, compat=compat, iterative_size=size)
+    jobs, _ = compress(scorer, [trace], ratios=(0.5, 0.7), iterative_size=size)
     [job] = jobs
     assert len(job.windows) >= 4
     for run in job.runs:
-        assert run.kept == slow_windowed(scorer, job, run.ratio, size, compat), run.ratio
-        if not compat:
-            assert abs(len(run.kept) - run.ratio * len(job.ids)) <= 0.5
-
-
-@pytest.mark.slow
-def test_compat_single_window_keeps_int_n_tau_minus_one(scorer):
-    jobs, _ = compress(scorer, TRACES[:2], ratios=(0.5, 0.7), compat="cts")
-    for job in jobs:
-        n, n_ans = len(job.ids), len(job.condition)
-        for run in job.runs:
-            tau = min(1.0, run.ratio * (n_ans + n) / (n + 3))
-            assert run.fraction == pytest.approx(tau)
-            assert len(run.kept) == max(0, min(n - 1, int(n * tau) - 1))
+        assert run.kept == slow_windowed(scorer, job, run.ratio, size), run.ratio
+        assert abs(len(run.kept) - run.ratio * len(job.ids)) <= 0.5
 
 
 def _tiny_wordlevel_model(folder: Path, text: str) -> None:
@@ -382,3 +346,118 @@ def test_resume_after_sigkill_loses_nothing_and_scores_nothing_twice(tmp_path):
     assert run["traces_skipped_as_done"] == len(done_before)
     assert run["traces_scored"] == len(rows) - len(done_before)
     assert stats["ratios"]["0.5"]["traces"] == len(rows)
+
+
+# ── resume safety: settings recorded in every row, one run per output file ──────────────────
+
+
+def _cts_argv(tmp_path, *extra: str) -> list[str]:
+    traces = tmp_path / "t.jsonl"
+    if not traces.exists():
+        traces.write_text("".join(json.dumps(make_trace(3, i, 1)) + "\n" for i in range(2)))
+    return [
+        "cts", "--ref-model", "default", "--traces", str(traces), "--device", "cpu",
+        "--no-progress", *extra,
+    ]  # fmt: skip
+
+
+def _prior_row(tmp_path, **changes) -> dict:
+    from budgetthinker.preparation.embedded_model import default_base_dir
+    from budgetthinker.sft.cts import run_settings
+
+    settings = run_settings(default_base_dir(), CTSOptions(ratios=(0.6,)), "float32")
+    return {"id": "x", "question": "q", "response": "r", "cts": {"ratio": 0.6, "settings": {
+        **settings, **changes}}}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "changes, extra, named",
+    [
+        ({"scorer": "self_information"}, [], "scorer 'self_information' → 'conditional'"),
+        ({}, ["--compat", "cts"], "compat [] → ['cts']"),
+        ({}, ["--iterative-size", "900"], "iterative_size 1800 → 900"),
+        ({"ref_model": "/elsewhere"}, [], "ref_model '/elsewhere' →"),
+        (None, [], "no settings recorded"),
+    ],
+)
+def test_a_resume_with_other_settings_is_refused_and_changes_nothing(
+    tmp_path, capsys, changes, extra, named
+):
+    out = tmp_path / "c.jsonl"
+    row = _prior_row(tmp_path, **(changes or {}))
+    if changes is None:
+        del row["cts"]["settings"]
+    before = json.dumps(row) + "\n" + '{"id": "y", "half'
+    out.write_text(before)
+    assert main([*_cts_argv(tmp_path, "--ratio", "0.6", *extra), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and named in err and "use another --out" in err, err
+    assert out.read_text() == before  # not even the half-written line was cut
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.jsonl", "t.jsonl"]
+
+
+def test_a_resume_with_another_ratio_for_the_same_file_is_refused(tmp_path, capsys):
+    out = tmp_path / "c.jsonl"
+    out.write_text(json.dumps(_prior_row(tmp_path)) + "\n")
+    assert main([*_cts_argv(tmp_path, "--ratio", "0.8"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "ratio 0.6 → 0.8" in err and "\n" not in err
+
+
+def test_an_output_file_in_use_is_refused(tmp_path, capsys):
+    from budgetthinker.outputs import FolderLock
+
+    # another run writes c_r60.jsonl (its --out c.jsonl with two ratios)
+    with FolderLock(tmp_path, "other", name=".c_r60.jsonl.lock"):
+        argv = _cts_argv(tmp_path, "--ratio", "0.6")
+        assert main([*argv, "--out", str(tmp_path / "c_r60.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "c_r60.jsonl is already being run (pid" in err and "use another --out" in err
+    assert "\n" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl"]
+
+
+@pytest.mark.slow
+def test_real_runs_record_settings_refuse_changes_and_resume(tmp_path, capsys):
+    out = tmp_path / "c.jsonl"
+    argv = [*_cts_argv(tmp_path, "--ratio", "0.6", "--ratio", "0.8"), "--out", str(out)]
+    assert main(argv) == 0
+    files = list(output_paths(out, [0.6, 0.8]).values())
+    rows = [json.loads(x) for x in files[0].read_text().splitlines()]
+    assert {r["cts"]["settings"]["scorer"] for r in rows} == {"conditional"}
+    before = [f.read_bytes() for f in files]
+    capsys.readouterr()  # the first run's progress output
+    assert main([*argv, "--scorer", "self_information"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "scorer 'conditional' → 'self_information'" in err[0]
+    assert [f.read_bytes() for f in files] == before
+    assert main(argv) == 0  # the same settings: everything is already done
+    stats = json.loads((tmp_path / "c.stats.json").read_text())
+    assert stats["this_run"]["traces_skipped_as_done"] == 2
+    assert stats["options"]["scorer"] == "conditional"
+    assert [f.read_bytes() for f in files] == before
+    assert not list(tmp_path.glob(".*.lock"))
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_on_one_out_cannot_interleave(tmp_path):
+    out = tmp_path / "c.jsonl"
+    argv = [*_cts_argv(tmp_path, "--ratio", "0.5"), "--out", str(out), "--chunk", "1"]
+    cmd = [sys.executable, "-m", "budgetthinker.cli", *argv]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)  # fmt: skip
+    lock = tmp_path / ".c.jsonl.lock"
+    deadline = time.time() + 120
+    while not lock.exists() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert lock.exists(), "the first run never took its lock"
+    # the first run holds the lock from before its model loads until its stats are written
+    second = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
+    assert first.wait(timeout=600) == 0, first.stderr.read()
+    err = second.stderr.strip().splitlines()
+    assert second.returncode == 2 and len(err) == 1, second.stderr
+    assert "c.jsonl is already being run (pid" in err[0] and str(first.pid) in err[0]
+    ids = _ids(out)
+    assert sorted(ids) == sorted({*ids}) and len(ids) == 2  # every trace once
+    assert not lock.exists()
