@@ -9,9 +9,19 @@ reordered ids would otherwise force other tokens under the control tokens' names
 from __future__ import annotations
 
 import os
+import sys
 
 from budgetthinker.control_spec import check_tokenizer, has_spec, load_spec
 from budgetthinker.errors import UserError
+
+
+def quiet_loading() -> None:
+    """transformers' progress bars (loading, writing shards) only on a terminal: in a pipe or a
+    log they are noise around the one line a failure prints."""
+    if not sys.stderr.isatty():
+        from transformers.utils import logging
+
+        logging.disable_progress_bar()
 
 
 def _first_line(error: BaseException) -> str:
@@ -42,6 +52,7 @@ def load_causal_lm(model_dir: str | os.PathLike, **kwargs):
     are one UserError (the headers were checked by `check_model_dir` already)."""
     from transformers import AutoModelForCausalLM
 
+    quiet_loading()
     try:
         return AutoModelForCausalLM.from_pretrained(str(model_dir), **kwargs)
     except Exception as e:

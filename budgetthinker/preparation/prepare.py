@@ -17,6 +17,7 @@ the checkpoint's untrained padding rows.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 from pathlib import Path
 
@@ -29,7 +30,7 @@ from budgetthinker.control_spec import (
     load_spec,
     parse_mode,
 )
-from budgetthinker.errors import UserError
+from budgetthinker.errors import UserError, native_write_errno
 from budgetthinker.outputs import check_writable, publish_dir, staging_dir, user_path
 from budgetthinker.preparation.embedded_model import resolve_base
 
@@ -113,7 +114,13 @@ def prepare_model(
     out.parent.mkdir(parents=True, exist_ok=True)
     with staging_dir(out.parent, "prepare") as tmp:
         staged = tmp / "model"
-        model.save_pretrained(staged)
+        try:
+            model.save_pretrained(staged)
+        except Exception as e:  # safetensors' native writer: a full disk in its own error type
+            code = native_write_errno(e)
+            if code is None:
+                raise
+            raise OSError(code, os.strerror(code), str(out)) from None
         tokenizer.save_pretrained(staged)
         spec.save(staged)
         if out.exists():
