@@ -11,6 +11,7 @@ comparison report are written from everything in the results file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
@@ -102,7 +103,8 @@ def run_eval(cfg: EvalConfig, backend=None) -> Path:
             return _run_locked(cfg, backend, model_dir, spec, methods, problems, out_dir, tokenizer)
     except Exception:
         if fresh:
-            _remove_if_no_work(out_dir)
+            with contextlib.suppress(OSError):  # never hide the error that ended the run
+                _remove_if_no_work(out_dir)
         raise
 
 
