@@ -182,8 +182,8 @@ def _die_with_parent(parent: int):
 
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before the prctl
-            os.kill(os.getpid(), signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the prctl: do not start at all
+            os._exit(1)
 
     return preexec
 
