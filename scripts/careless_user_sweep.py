@@ -394,7 +394,17 @@ case("rl", "unknown key", ["rl", "--config", "cpu_smoke", "nokey=1"])
 sys.path.insert(0, str(REPO))
 from tests.patches.fake_openai import FakeServer  # noqa: E402 (the checkout's test helper)
 
-FAST = ["retries=1", "request_timeout=1"]
+
+def _knows(key: str) -> bool:
+    import dataclasses
+
+    from budgetthinker.evaluation.config import EvalConfig
+
+    return key in {f.name for f in dataclasses.fields(EvalConfig)}
+
+
+# retried once, a second per request: where the checkout has these keys (older ones do not)
+FAST = ["retries=1", "request_timeout=1"] if _knows("request_timeout") else []
 
 
 def err_lines(p):
@@ -557,6 +567,8 @@ def dies_with_serve(sig):
 
 def fault_case(mode):
     def check(d):
+        if mode == "slow" and not FAST:
+            return "weak", "no request_timeout to set: a silent server is waited on for 600 s"
         with FakeServer(mode, delay=2.5) as server:
             p = run([*E, "experiment=e", *TINY, "backend=openai", f"endpoint={server.url}",
                      *FAST], d)  # fmt: skip
@@ -617,8 +629,10 @@ def report_pools(d):
     return ("OK" if "differ in max_new_tokens" in p.stdout else "weak"), f"{len(rows)} rows"
 
 
-BOMB = ('a: &a ["<think>", "<think>", "<think>", "<think>"]\nb: &b [*a, *a, *a, *a]\n'
-        "c: &c [*b, *b, *b, *b]\nd: &d [*c, *c, *c, *c]\ndelimiters:\n  start: [*d, *d]\n")
+BOMB = (
+    'delimiters:\n  end: "</think>"\n  start:\n    - &a0 ["<think>", "<think>", "<think>"]\n'
+    + "".join(f"    - &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}]\n" for i in range(1, 10))
+)  # 0.4 kB of YAML that stands for 3^10 strings
 
 
 def alias_bomb(d):

@@ -176,11 +176,13 @@ def test_installed_wheel_ships_the_recipes(tmp_path):
 
 
 BOMB = """experiment: bomb
-a: &a ["<think>", "<think>", "<think>", "<think>"]
-b: &b [*a, *a, *a, *a]
-c: &c [*b, *b, *b, *b]
 delimiters:
-  start: [*c, *c, *c, *c]
+  end: "</think>"
+  start:
+    - &a ["<think>", "<think>", "<think>", "<think>"]
+    - &b [*a, *a, *a, *a]
+    - &c [*b, *b, *b, *b]
+    - [*c, *c, *c, *c]
 """
 
 
@@ -192,7 +194,7 @@ def test_a_yaml_alias_bomb_is_refused_in_one_line_and_writes_nothing(tmp_path):
     (tmp_path / "bomb.yaml").write_text(BOMB)
     before = snapshot(tmp_path)
     proc = cli("eval", "--config", tmp_path / "bomb.yaml", f"output_dir={tmp_path / 'runs'}")
-    one_line(proc, "bomb.yaml uses the YAML alias *a (line 3)", "spell every value out")
+    one_line(proc, "bomb.yaml uses the YAML alias *a (line 6)", "spell every value out")
     assert snapshot(tmp_path) == before
 
 
