@@ -121,9 +121,9 @@ def run_generate(args: argparse.Namespace) -> int:
     check_sampling(args.temperature, args.top_p)
     max_new = args.max_new_tokens or default_max_new_tokens(settings, spec)
 
-    from transformers import AutoTokenizer
+    from budgetthinker.preparation.loading import load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)  # checks the spec against it
     prompt = render_prompt(tokenizer, args.prompt, budget, "control", spec.parsed_mode)
     prompt_ids = tokenizer.encode(prompt, add_special_tokens=False)
     check_fits(

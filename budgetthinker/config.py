@@ -20,6 +20,7 @@ import yaml
 
 from budgetthinker import aliases
 from budgetthinker.errors import UserError
+from budgetthinker.outputs import user_path
 
 T = TypeVar("T")
 
@@ -67,7 +68,7 @@ def shipped_recipes(stage: str) -> list[str]:
 def resolve_recipe(stage: str, config: str, what: str = "") -> Path:
     """A recipe file: an existing path, a shipped recipe's name (`cpu_smoke`), or a shipped
     recipe's documented path (`configs/rl/cpu_smoke.yaml`) from any working directory."""
-    path = Path(config).expanduser()
+    path = user_path(config)
     if path.is_file():
         return path
     what = what or f"{stage} recipe"
@@ -86,12 +87,42 @@ def resolve_recipe(stage: str, config: str, what: str = "") -> Path:
     raise UserError(f"{what} {config} does not exist; shipped recipes: {known}")
 
 
+class _AliasFound(Exception):
+    def __init__(self, event) -> None:
+        super().__init__(event.anchor)
+        self.anchor, self.line = event.anchor, event.start_mark.line + 1
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """`yaml.safe_load` (no tags, nothing executed) that also refuses aliases (`*name`, and
+    merge keys `<<: *name`): a recipe is a few lines of settings, and aliases of aliases let a
+    kilobyte of YAML stand for gigabytes once written out (a fingerprint, a resolved config)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise _AliasFound(self.peek_event())
+        return super().compose_node(parent, index)
+
+
+def safe_yaml(text: str, where: str) -> Any:
+    """Recipe YAML as plain data: `safe_load` without aliases; a bad document is one UserError
+    naming `where` (the file, or the override)."""
+    try:
+        return yaml.load(text, Loader=_NoAliasLoader)  # a SafeLoader: no tags, no code
+    except _AliasFound as e:
+        raise UserError(
+            f"{where} uses the YAML alias *{e.anchor} (line {e.line}); recipes must spell every "
+            "value out (aliases can blow a small file up into a huge one): replace the alias "
+            "with the value it stands for"
+        ) from None
+
+
 def load_yaml(path: str | os.PathLike) -> dict:
-    path = Path(path)
+    path = user_path(path)
     if not path.is_file():
         raise UserError(f"config file {path} does not exist; see configs/ for the recipes")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = safe_yaml(path.read_text(), f"config file {path}") or {}
     except yaml.YAMLError as e:
         raise UserError(f"config file {path} is not valid YAML: {e}") from None
     if not isinstance(data, dict):
@@ -107,7 +138,7 @@ def parse_overrides(items: Sequence[str]) -> dict:
         if not sep or not key.strip():
             raise UserError(f"override {item!r} must look like key=value (e.g. budgets=[100,250])")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = safe_yaml(raw, f"override {item!r}") if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = result

@@ -218,3 +218,34 @@ def load_spec(model_dir: str | os.PathLike) -> ControlSpec:
         raise UserError(
             f"{path} is not a valid control-token spec ({e}); prepare the model again"
         ) from None
+
+
+def check_tokenizer(spec: ControlSpec, tokenizer, model_dir: str | os.PathLike) -> None:
+    """The spec must describe this tokenizer: its strings are the mode's levels in order, and
+    every id decodes to its string (control tokens, `<think>`, `</think>`; the two-stage suffixes
+    encode to their ids). Otherwise forcing would insert other tokens under the right names: one
+    UserError naming `prepare`. Called wherever a model's tokenizer is loaded
+    (`preparation.models.load_tokenizer`)."""
+    expected = parse_mode(spec.mode).token_strings()
+    fix = (
+        f"the control-token spec {spec_path(model_dir)} does not match the model's tokenizer "
+        "({}); prepare the model again from its base: budgetthinker prepare --base "
+        f"{spec.base_model or '<base model>'} --mode {spec.mode} --out <new folder>"
+    )
+    if list(spec.token_strings) != expected:
+        raise UserError(fix.format(f"its token strings are not the {spec.mode} levels in order"))
+    if len(spec.token_ids) != len(expected):
+        raise UserError(fix.format(f"{len(spec.token_ids)} ids for {len(expected)} tokens"))
+    size = len(tokenizer)
+    pairs = [*zip(spec.token_ids, expected, strict=True), (spec.think_start_id, spec.think_start),
+             (spec.think_end_id, spec.think_end)]  # fmt: skip
+    for tid, text in pairs:
+        if not 0 <= tid < size:
+            raise UserError(fix.format(f"id {tid} of {text!r} is outside its {size} tokens"))
+        decoded = tokenizer.decode([tid], skip_special_tokens=False)
+        if decoded != text:
+            raise UserError(fix.format(f"id {tid} decodes to {decoded!r}, not {text!r}"))
+    for name, ids in spec.suffix_ids.items():
+        text = TWO_STAGE_SUFFIXES.get(name)
+        if text is not None and tuple(tokenizer.encode(text, add_special_tokens=False)) != ids:
+            raise UserError(fix.format(f"the two-stage suffix {name!r} encodes to other ids"))

@@ -10,6 +10,8 @@ wrong *and* how to fix it.
 from __future__ import annotations
 
 import errno
+import os
+import re
 import sys
 from collections.abc import Callable
 
@@ -19,11 +21,12 @@ class UserError(Exception):
 
 
 WRITE_ERRNOS = frozenset({
-    errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EISDIR,
-    errno.ENOTDIR, errno.ENAMETOOLONG,
+    errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.EFBIG,
+    errno.EISDIR, errno.ENOTDIR, errno.ENAMETOOLONG,
 })  # fmt: skip
 """OS errors that are the user's environment, not a bug: reported as one line, like a
-UserError."""
+UserError (`EFBIG`: a file-size limit such as `ulimit -f`; Python ignores SIGXFSZ, so the write
+fails instead of killing the process)."""
 USAGE = 2
 INTERRUPTED = 130  # the shell's status for a command ended by Ctrl-C (128 + SIGINT)
 
@@ -40,13 +43,34 @@ def report_errors(where: str, run: Callable[[], int | None]) -> int:
     except OSError as e:
         if e.errno not in WRITE_ERRNOS:
             raise
-        target = f" {e.filename}" if e.filename else ""
-        print(
-            f"{where}: error: cannot write{target}: {e.strerror}; choose an output folder you "
-            "can write to (--out, output_dir=…) or free space there",
-            file=sys.stderr,
-        )
+        print(_write_error(where, e.errno, e.strerror, e.filename), file=sys.stderr)
         return USAGE
     except KeyboardInterrupt:
         print(f"\n{where}: interrupted; rerun the same command to resume", file=sys.stderr)
         return INTERRUPTED
+    except Exception as e:
+        code = native_write_errno(e)
+        if code is None:
+            raise
+        print(_write_error(where, code, os.strerror(code), None), file=sys.stderr)
+        return USAGE
+
+
+_NATIVE_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def native_write_errno(error: BaseException) -> int | None:
+    """The errno inside an error of a native writer (safetensors' and tokenizers' Rust code say
+    `… File too large (os error 27)` in a non-OSError exception), if it is one of
+    `WRITE_ERRNOS`; else None."""
+    match = _NATIVE_OS_ERROR.search(str(error))
+    code = int(match.group(1)) if match else None
+    return code if code in WRITE_ERRNOS else None
+
+
+def _write_error(where: str, code: int, strerror: str, filename) -> str:
+    target = f" {filename}" if filename else ""
+    fix = "choose an output folder you can write to (--out, output_dir=…) or free space there"
+    if code == errno.EFBIG:
+        fix = "raise the file-size limit (ulimit -f) or choose another output folder"
+    return f"{where}: error: cannot write{target}: {strerror}; {fix}"

@@ -10,7 +10,12 @@ One mechanism for every stage (evaluation, SFT data, preparation, traces):
   folders of dead processes are removed by the next run.
 - `plain_name` and `inside`: names that become folders are plain folder names, and every output
   path resolves inside its output folder (an experiment called `..` must not write next to it).
+- `publish_together`: several files of one run (a dataset, its stats and its index entry) appear
+  together or not at all: all are written and fsync'ed as temp files first, then renamed back to
+  back; a failed rename puts back the files already replaced.
 - `FolderLock`: one process at a time per experiment folder; a second run is told who holds it.
+- `user_path`: every path a user names (`--out`, `output_dir=`, a recipe's files) has `~`
+  expanded here, the same way for every command (never a folder literally named `~`).
 """
 
 from __future__ import annotations
@@ -33,6 +38,12 @@ from budgetthinker.errors import UserError
 
 _TMP_MARK = ".tmp-"
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def user_path(value: str | os.PathLike) -> Path:
+    """A path as the user wrote it, with `~` / `~user` expanded (the one place that does it:
+    `--out ~/runs` means the home folder for every command)."""
+    return Path(os.path.expanduser(os.fspath(value)))
 
 
 def plain_name(value: str, what: str) -> str:
@@ -58,8 +69,8 @@ def inside(root: str | os.PathLike, path: str | os.PathLike) -> Path:
     """`path` made absolute; a UserError if it does not lie inside `root`. Checked on the
     normalised path (`..` removed), not through symlinks: a run folder the user linked to
     another disk on purpose stays usable."""
-    root_a = Path(os.path.abspath(Path(root).expanduser()))
-    path_a = Path(os.path.abspath(Path(path).expanduser()))
+    root_a = Path(os.path.abspath(user_path(root)))
+    path_a = Path(os.path.abspath(user_path(path)))
     if path_a != root_a and root_a not in path_a.parents:
         raise UserError(f"output {path} resolves to {path_a}, outside its output folder {root_a}")
     return path_a
@@ -69,7 +80,7 @@ def experiment_dir(output_dir: str | os.PathLike, name: str, what: str = "experi
     """`output_dir/name`, created: `name` must be a plain folder name and the folder must lie
     inside `output_dir` (so `experiment=..` can never write next to the output folder)."""
     plain_name(name, what)
-    root = Path(output_dir).expanduser()
+    root = user_path(output_dir)
     path = inside(root, root / name)
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -118,7 +129,7 @@ def check_writable(folder: str | os.PathLike) -> None:
     """Raise the OSError (PermissionError, read-only file system …) that writing into `folder`
     would raise, before a long job starts; nothing is left behind. Probes the nearest existing
     folder on the way, so a folder that is still to be created is checked too."""
-    probe = Path(folder).expanduser().absolute()
+    probe = user_path(folder).absolute()
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
     if not probe.is_dir():
@@ -145,6 +156,44 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+def _stage(path: Path) -> tuple[int, Path]:
+    """A temp file next to `path` (stale ones of killed runs removed first): its fd and path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path.parent, f".{path.name}", _TMP_MARK)
+    fd, tmp_name = tempfile.mkstemp(
+        dir=path.parent, prefix=f".{path.name}{_TMP_MARK}{os.getpid()}-"
+    )
+    return fd, Path(tmp_name)
+
+
+def _commit(tmp: Path, path: Path) -> None:
+    """Give the finished temp file the target's mode and rename it over `path`."""
+    if path.exists():
+        shutil.copymode(path, tmp)
+    else:
+        os.chmod(tmp, 0o666 & ~_umask())
+    try:
+        os.replace(tmp, path)
+    except OSError as e:  # name the user's path, not the temp file
+        raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+@contextlib.contextmanager
+def _staged(path: Path, mode: str, encoding: str | None) -> Iterator[tuple[IO, Path]]:
+    """A temp file for `path`, written and fsync'ed; removed again if the block fails."""
+    fd, tmp = _stage(path)
+    try:
+        binary = "b" in mode
+        with os.fdopen(fd, mode, encoding=None if binary else encoding) as f:
+            yield f, tmp
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
 @contextlib.contextmanager
 def atomic_write(
     path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"
@@ -152,31 +201,92 @@ def atomic_write(
     """Open a temp file next to `path`; on a clean exit it is fsync'ed and renamed over `path`,
     on an exception it is removed and `path` is left exactly as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path.parent, f".{path.name}", _TMP_MARK)
-    fd, tmp_name = tempfile.mkstemp(
-        dir=path.parent, prefix=f".{path.name}{_TMP_MARK}{os.getpid()}-"
-    )
-    tmp = Path(tmp_name)
+    with _staged(path, mode, encoding) as (f, tmp):
+        yield f
     try:
-        binary = "b" in mode
-        with os.fdopen(fd, mode, encoding=None if binary else encoding) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        if path.exists():
-            shutil.copymode(path, tmp)
-        else:
-            os.chmod(tmp, 0o666 & ~_umask())
-        try:
-            os.replace(tmp, path)
-        except OSError as e:  # name the user's path, not the temp file
-            raise OSError(e.errno, e.strerror, str(path)) from None
+        _commit(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
     _fsync_dir(path.parent)
+
+
+class FileGroup:
+    """The files of `publish_together`: each is staged whole before any is published."""
+
+    def __init__(self) -> None:
+        self.staged: list[tuple[Path, Path]] = []  # (temp file, target)
+
+    @contextlib.contextmanager
+    def open(self, path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8"):
+        path = Path(path)
+        with _staged(path, mode, encoding) as (f, tmp):
+            yield f
+        self.staged.append((tmp, path))
+
+    def text(self, path: str | os.PathLike, text: str) -> None:
+        with self.open(path) as f:
+            f.write(text)
+
+    def json(self, path: str | os.PathLike, data: object) -> None:
+        self.text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+    def discard(self) -> None:
+        for tmp, _ in self.staged:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+        self.staged.clear()
+
+    def publish(self) -> None:
+        """Rename every staged file into place; if one rename fails, the targets already
+        replaced get their old contents back (kept as hard links until the end) and new ones
+        are removed, so the folder is as it was."""
+        done: list[tuple[Path, Path | None]] = []  # (target, backup of its old file)
+        try:
+            for tmp, path in self.staged:
+                backup = None
+                if path.is_file():
+                    backup = path.with_name(f".{path.name}{_TMP_MARK}{os.getpid()}-old")
+                    with contextlib.suppress(FileNotFoundError):
+                        backup.unlink()
+                    try:
+                        os.link(path, backup)
+                    except OSError:  # no hard links on this file system: no way back
+                        backup = None
+                _commit(tmp, path)
+                done.append((path, backup))
+        except BaseException:
+            for path, backup in reversed(done):
+                with contextlib.suppress(OSError):
+                    if backup is not None:
+                        os.replace(backup, path)
+                    else:
+                        path.unlink()
+            self.discard()
+            raise
+        for _, backup in done:
+            if backup is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    backup.unlink()
+        for folder in {path.parent for _, path in self.staged}:
+            _fsync_dir(folder)
+        self.staged.clear()
+
+
+@contextlib.contextmanager
+def publish_together() -> Iterator[FileGroup]:
+    """Write several files that belong together (`group.open(path)`, `group.json(path, data)`):
+    none is visible until the block ends without an error, then all appear back to back; a
+    failed or killed run leaves every target as it was (a kill leaves only hidden temp files,
+    removed by the next write to the folder)."""
+    group = FileGroup()
+    try:
+        yield group
+    except BaseException:
+        group.discard()
+        raise
+    group.publish()
 
 
 def _umask() -> int:

@@ -173,3 +173,32 @@ def test_installed_wheel_ships_the_recipes(tmp_path):
     }
     missing = sorted(f for f in files if not (site / f).is_file())
     assert not missing, missing
+
+
+BOMB = """experiment: bomb
+delimiters:
+  end: "</think>"
+  start:
+    - &a ["<think>", "<think>", "<think>", "<think>"]
+    - &b [*a, *a, *a, *a]
+    - &c [*b, *b, *b, *b]
+    - [*c, *c, *c, *c]
+"""
+
+
+def test_a_yaml_alias_bomb_is_refused_in_one_line_and_writes_nothing(tmp_path):
+    """Issue #21: 1.3 kB of aliases under `delimiters.start` wrote a 31.9 MB fingerprint. Now
+    the recipe is refused before anything runs (the real CLI; nothing is created)."""
+    from tests.clirun import cli, one_line, snapshot
+
+    (tmp_path / "bomb.yaml").write_text(BOMB)
+    before = snapshot(tmp_path)
+    proc = cli("eval", "--config", tmp_path / "bomb.yaml", f"output_dir={tmp_path / 'runs'}")
+    one_line(proc, "bomb.yaml uses the YAML alias *a (line 6)", "spell every value out")
+    assert snapshot(tmp_path) == before
+
+
+def test_aliases_are_refused_in_overrides_and_anchors_alone_are_fine():
+    with pytest.raises(UserError, match=r"override 'budgets=\[&a 100, \*a\]' uses the YAML alias"):
+        parse_overrides(["budgets=[&a 100, *a]"])
+    assert parse_overrides(["budgets=[&a 100, 200]"]) == {"budgets": [100, 200]}

@@ -137,3 +137,62 @@ def test_every_stage_writes_through_outputs():
         if rename.search(line)
     ]
     assert not found, "\n".join(found)
+
+
+def test_publish_together_shows_all_files_or_none(tmp_path, monkeypatch):
+    from budgetthinker.outputs import publish_together
+
+    (tmp_path / "a.json").write_text("old a")
+    with pytest.raises(RuntimeError), publish_together() as group:
+        group.text(tmp_path / "a.json", "new a")
+        group.text(tmp_path / "b.json", "new b")
+        raise RuntimeError("the last file could not be written")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+    assert (tmp_path / "a.json").read_text() == "old a"
+    # a rename that fails half-way puts back what was already replaced
+    real = os.replace
+    calls = []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky)
+    with pytest.raises(OSError), publish_together() as group:
+        group.text(tmp_path / "a.json", "new a")
+        group.json(tmp_path / "b.json", {"b": 1})
+    monkeypatch.setattr(os, "replace", real)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json"]
+    assert (tmp_path / "a.json").read_text() == "old a"
+    with publish_together() as group:
+        group.text(tmp_path / "a.json", "new a")
+        group.json(tmp_path / "b.json", {"b": 1})
+    assert (tmp_path / "a.json").read_text() == "new a"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "b.json"]
+
+
+def test_user_path_expands_the_home_folder(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from budgetthinker.outputs import user_path
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert user_path("~/runs") == tmp_path / "runs"
+    assert user_path("runs/~x") == Path("runs/~x")
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_is_one_line_for_sft_traces(tmp_path):
+    """`ulimit -f` (EFBIG) was a traceback; now the write-error line, and no temp file left."""
+    import resource
+
+    from tests.clirun import cli, one_line, snapshot
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    proc = cli("sft-traces", "--out", tmp_path / "t.jsonl", "--n", "200", preexec_fn=limit)
+    one_line(proc, "cannot write", "File too large", "ulimit -f")
+    assert snapshot(tmp_path) == {}

@@ -16,6 +16,7 @@ import argparse
 import base64
 import html
 import json
+import os
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,11 +25,12 @@ from budgetthinker.errors import UserError
 from budgetthinker.evaluation.report import (
     _sweeps,
     method_label,
+    plot_text,
     safe_name,
     summarize,
     write_summary,
 )
-from budgetthinker.outputs import atomic_text, atomic_write
+from budgetthinker.outputs import atomic_text, atomic_write, user_path
 
 ADHERENCE = (
     ("within_budget", "within B", "{:.0%}"),
@@ -76,8 +78,11 @@ def write_report(out_dir: Path, records: Sequence[dict]) -> str:
     return table
 
 
-def write_comparison(out_dir: Path, records: Sequence[dict]) -> Path | None:
-    """Write report.md, report_plots/*.png and report.html into `out_dir`; the Markdown path."""
+def write_comparison(
+    out_dir: Path, records: Sequence[dict], preface: Sequence[str] = ()
+) -> Path | None:
+    """Write report.md, report_plots/*.png and report.html into `out_dir`; the Markdown path.
+    `preface`: Markdown lines after the title (the runs compared, for `budgetthinker report`)."""
     rows = summarize(records)
     if not rows:
         return None
@@ -89,7 +94,7 @@ def write_comparison(out_dir: Path, records: Sequence[dict]) -> Path | None:
 
     plots = out_dir / "report_plots"
     plots.mkdir(parents=True, exist_ok=True)
-    md = ["# Budget-method comparison", ""]
+    md = ["# Budget-method comparison", "", *preface]
     no_delims = sorted({label(p) for p, m in rows if m.within_budget is None})
     if no_delims:
         md += [f"No thinking delimiters known for: {', '.join(no_delims)} (within B and never "
@@ -158,14 +163,14 @@ def _pareto_plot(image: Path, benchmark: str, rows, label) -> None:
     everything = []
     for name, pts in sorted(curves.items()):
         pts.sort()
-        ax.plot([t for t, _ in pts], [a for _, a in pts], "o-", label=name)
+        ax.plot([t for t, _ in pts], [a for _, a in pts], "o-", label=plot_text(name))
         everything += pts
     front = sorted(everything[i] for i in pareto_front(everything))
     ax.plot([t for t, _ in front], [a for _, a in front], "k*--", ms=11, lw=1,
             label="Pareto front", zorder=5)  # fmt: skip
     ax.set_xlabel("mean thinking tokens")
     ax.set_ylabel("accuracy (first sample)")
-    ax.set_title(f"{benchmark}: accuracy vs thinking tokens")
+    ax.set_title(plot_text(f"{benchmark}: accuracy vs thinking tokens"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -230,20 +235,92 @@ def load_records(run_dir: Path) -> list[dict]:
 
 
 def add_report_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("runs", nargs="+", type=Path, help="evaluation run folders")
+    parser.add_argument("runs", nargs="+", type=user_path, help="evaluation run folders")
     parser.add_argument(
-        "--out", type=Path, default=Path("runs/report"),
+        "--out", type=user_path, default=Path("runs/report"),
         help="folder for report.md, report.html and plots (default: runs/report)",
     )  # fmt: skip
 
 
+def run_labels(runs: Sequence[Path]) -> list[str]:
+    """One label per run folder: its name, or as many trailing path parts as it takes to tell
+    runs of the same name apart (`a/default`, `b/default`). A folder given twice is refused."""
+    resolved = [Path(os.path.abspath(r)) for r in runs]
+    seen: dict[Path, Path] = {}
+    for given, path in zip(runs, resolved, strict=True):
+        if path in seen:
+            raise UserError(f"run folder {given} is given twice (as {seen[path]}); give it once")
+        seen[path] = given
+    labels = []
+    for path in resolved:
+        depth = 1
+        while depth < len(path.parts):
+            label = "/".join(path.parts[-depth:])
+            if sum("/".join(q.parts[-depth:]) == label for q in resolved) == 1:
+                break
+            depth += 1
+        labels.append("/".join(path.parts[-depth:]))
+    return labels
+
+
+IGNORED_SETTINGS = ("experiment", "output_dir", "resolved_model_dir")
+
+
+def differing_settings(runs: Sequence[Path]) -> dict[str, list]:
+    """The recorded settings (each run's config.yaml, flattened to dotted keys) that are not the
+    same in every run: key → one value per run (None where a run does not record it)."""
+    import yaml
+
+    flat: list[dict] = []
+    for run in runs:
+        try:
+            data = yaml.safe_load((Path(run) / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            data = {}
+        flat.append(_flatten(data if isinstance(data, dict) else {}))
+    keys = sorted({k for f in flat for k in f} - set(IGNORED_SETTINGS))
+    return {
+        k: [f.get(k) for f in flat] for k in keys if len({json.dumps(f.get(k)) for f in flat}) > 1
+    }
+
+
+def _flatten(data: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _runs_section(labels: list[str], runs: Sequence[Path], differ: dict[str, list]) -> list[str]:
+    keys = list(differ)[:8]
+    md = ["## Runs", "", "Rows are keyed by run: runs are never pooled into one row.", ""]
+    md += ["| run | folder | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for i, (label, run) in enumerate(zip(labels, runs, strict=True)):
+        cells = [json.dumps(differ[k][i], ensure_ascii=False) for k in keys]
+        md.append(f"| {label} | {run} | " + " | ".join(cells) + " |")
+    if len(differ) > len(keys):
+        md.append(f"\n(and {len(differ) - len(keys)} more differing settings)")
+    return [*md, ""]
+
+
 def run_report(args: argparse.Namespace) -> int:
-    records = [r for run in args.runs for r in load_records(run)]
+    labels = run_labels(args.runs)
+    records = []
+    for run, label in zip(args.runs, labels, strict=True):
+        records += [{**r, "run": label} for r in load_records(run)]
     if not records:
         raise UserError("the runs given hold no finished samples")
+    differ = differing_settings(args.runs)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = write_comparison(args.out, records)
+    path = write_comparison(args.out, records, _runs_section(labels, args.runs, differ))
+    names = [str(r) for r in args.runs]
+    if any(label != Path(str(name)).name for label, name in zip(labels, names, strict=True)):
+        print(f"[report] runs of the same name, labelled by their paths: {', '.join(labels)}")
+    if differ:
+        print(f"[report] the runs differ in {', '.join(differ)}; one row per run and point")
     print(f"[report] {path} and {args.out / 'report.html'}")
     return 0
-
-

@@ -87,6 +87,8 @@ class EvalConfig:
     endpoint: str | None = None  # backend=openai: http://HOST:PORT of the server
     api_key_env: str | None = None  # backend=openai: variable holding the API key, if any
     concurrency: int = 8  # backend=openai: requests in flight
+    request_timeout: float = 600.0  # backend=openai: seconds one request may wait for the server
+    retries: int = 6  # backend=openai: retries of a failed or faulty request before it is an error
 
     def __post_init__(self) -> None:
         check_backend(self.backend, self.endpoint)
@@ -106,4 +108,9 @@ class EvalConfig:
             value = getattr(self, key)
             if value is not None and value < 1:
                 raise ValueError(f"{key} must be a positive integer, got {value}")
+        if not self.request_timeout > 0:
+            raise ValueError(f"request_timeout must be a positive number of seconds, "
+                             f"got {self.request_timeout}")  # fmt: skip
+        if self.retries < 0:
+            raise ValueError(f"retries must be 0 or more, got {self.retries}")
 

@@ -1,6 +1,8 @@
 """Summary table (printed, Markdown, CSV) and plots of an evaluation's results.
 
-One row per (model, backend, method, benchmark, budget) sweep point; one line per method (and
+One row per (model, backend, method, benchmark, budget) sweep point, and per run when the
+records come from several runs (`budgetthinker report`: records carry a `run` label, so two runs
+of the same model with other settings are never pooled into one row); one line per method (and
 backend, when several were run) in each plot: accuracy vs budget, thinking tokens vs budget with
 the y = x line, and adherence (share within budget) vs budget. Below the table, s1's Control,
 Scaling and Performance per sweep.
@@ -44,13 +46,19 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._") or "benchmark"
 
 
+def point_fields(records: Sequence[dict]) -> tuple[str, ...]:
+    """What keys a sweep point: `POINT_FIELDS`, led by `run` when the records carry one."""
+    return ("run", *POINT_FIELDS) if any("run" in r for r in records) else POINT_FIELDS
+
+
 def summarize(records: Sequence[dict]) -> list[tuple[dict, PointMetrics]]:
+    fields = point_fields(records)
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for record in records:
-        groups[tuple(record[k] for k in POINT_FIELDS)].append(record)
+        groups[tuple(record.get(k) for k in fields)].append(record)
     return [
-        (dict(zip(POINT_FIELDS, key, strict=True)), point_metrics(groups[key]))
-        for key in sorted(groups, key=lambda k: (*map(str, k[:5]), k[5]))
+        (dict(zip(fields, key, strict=True)), point_metrics(groups[key]))
+        for key in sorted(groups, key=lambda k: (*map(str, k[:-1]), k[-1]))
     ]
 
 
@@ -58,9 +66,17 @@ def method_label(point: dict, several_backends: bool, several_models: bool) -> s
     label = point["method"] + (" +2stage" if point["two_stage"] else "")
     if several_backends:
         label += f" [{point['backend']}]"
-    if several_models:
+    if point.get("run") is not None:
+        label = f"{point['run']}: {label}"
+    elif several_models:
         label = f"{Path(str(point['model'])).name}: {label}"
     return label
+
+
+def plot_text(text: str) -> str:
+    """A label as matplotlib prints it literally: `$` would start mathtext (and an unbalanced
+    or invalid `$…$` in a method label is a parse error)."""
+    return str(text).replace("$", r"\$")
 
 
 def write_summary(out_dir: Path, records: Sequence[dict]) -> str:
@@ -96,15 +112,16 @@ def write_summary(out_dir: Path, records: Sequence[dict]) -> str:
 
 
 def _sweeps(rows):
+    fields = tuple(k for k in rows[0][0] if k != "budget") if rows else ()
     by_sweep: dict[tuple, list] = defaultdict(list)
     for point, m in rows:
-        key = tuple(point[k] for k in POINT_FIELDS[:5])
+        key = tuple(point[k] for k in fields)
         by_sweep[key].append((point["budget"], m))
-    several_backends = len({k[1] for k in by_sweep}) > 1
-    several_models = len({k[0] for k in by_sweep}) > 1
+    several_backends = len({p["backend"] for p, _ in rows}) > 1
+    several_models = len({p["model"] for p, _ in rows}) > 1
     out = []
     for key, points in by_sweep.items():
-        point = dict(zip(POINT_FIELDS[:5], key, strict=True))
+        point = dict(zip(fields, key, strict=True))
         label = f"{method_label(point, several_backends, several_models)} · {point['benchmark']}"
         out.append((label, sweep_metrics(points)))
     return out
@@ -124,9 +141,10 @@ def _csv(rows) -> str:
     buffer = io.StringIO()
     metric_names = list(asdict(rows[0][1]))
     writer = csv.writer(buffer)
-    writer.writerow([*POINT_FIELDS, *metric_names])
+    fields = list(rows[0][0])
+    writer.writerow([*fields, *metric_names])
     for point, m in rows:
-        writer.writerow([*(point[k] for k in POINT_FIELDS), *asdict(m).values()])
+        writer.writerow([*(point[k] for k in fields), *asdict(m).values()])
     return buffer.getvalue()
 
 
@@ -155,14 +173,14 @@ def _plots(folder: Path, rows, several_backends: bool, several_models: bool) -> 
             for label, pts in sorted(lines.items()):
                 pts.sort(key=lambda x: x[0])
                 values = [_nan(getattr(m, attr)) for _, m in pts]
-                ax.plot([b for b, _ in pts], values, "o-", label=label)
+                ax.plot([b for b, _ in pts], values, "o-", label=plot_text(label))
             if attr == "mean_thinking":
                 ax.plot(budgets_all, budgets_all, "k--", lw=1, label="y = x (budget)")
             if len(budgets_all) > 1 and budgets_all[-1] / budgets_all[0] >= 8:
                 ax.set_xscale("log")
             ax.set_xlabel("thinking budget B (tokens)")
             ax.set_ylabel(ylabel)
-            ax.set_title(f"{benchmark}: {ylabel} vs budget")
+            ax.set_title(plot_text(f"{benchmark}: {ylabel} vs budget"))
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
             fig.tight_layout()

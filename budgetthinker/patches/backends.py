@@ -42,24 +42,32 @@ def make_backend(
     endpoint: str | None = None,
     api_key_env: str | None = None,
     concurrency: int = 8,
+    request_timeout: float | None = None,
+    retries: int | None = None,
     vllm_kwargs: Mapping[str, Any] | None = None,
 ) -> Backend:
     """The backend `name` on the prepared model folder `model_dir`.
 
     `max_model_len` and `vllm_kwargs` configure the vLLM engine (ignored by the others);
-    `endpoint`, `api_key_env` and `concurrency` the OpenAI client (its tokenizer comes from
-    `model_dir`, so prompts and forcing match the local engines token for token)."""
+    `endpoint`, `api_key_env`, `concurrency`, `request_timeout` and `retries` the OpenAI client
+    (its tokenizer comes from `model_dir`, so prompts and forcing match the local engines token
+    for token)."""
     check_backend(name, endpoint)
     if name == "hf":
         from budgetthinker.patches.hf_backend import HFBackend
 
         return HFBackend(model_dir, seed=seed)
     if name == "openai":
-        from budgetthinker.patches.openai_backend import OpenAIBackend
+        from budgetthinker.patches.openai_backend import (
+            DEFAULT_RETRIES,
+            DEFAULT_TIMEOUT,
+            OpenAIBackend,
+        )
 
         return OpenAIBackend(
             endpoint, model_dir=model_dir, api_key_env=api_key_env, concurrency=concurrency,
-            seed=seed,
+            seed=seed, timeout=request_timeout or DEFAULT_TIMEOUT,
+            retries=DEFAULT_RETRIES if retries is None else retries,
         )  # fmt: skip
     from budgetthinker.patches.vllm_backend import VLLMBackend
 

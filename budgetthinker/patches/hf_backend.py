@@ -20,8 +20,6 @@ from collections.abc import Sequence
 
 import torch
 from transformers import (
-    AutoModelForCausalLM,
-    AutoTokenizer,
     LogitsProcessor,
     LogitsProcessorList,
     StoppingCriteria,
@@ -40,6 +38,7 @@ from budgetthinker.generation import (
     suppressed_ids,
 )
 from budgetthinker.patches.hf_logits_processor import BudgetForcingLogitsProcessor
+from budgetthinker.preparation.loading import load_causal_lm, load_tokenizer
 
 
 def normalised_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -142,9 +141,9 @@ class HFBackend(Backend):
         self.device = "cuda" if on_gpu() else "cpu"
         # float32 on CPU: without native bf16 (AVX2 machines) bf16 is 3-5x slower.
         torch_dtype = dtype or ("bfloat16" if self.device == "cuda" else "float32")
-        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer = load_tokenizer(model_dir)  # a spec that does not match it stops here
         self.tokenizer.padding_side = "left"
-        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch_dtype)
+        self.model = load_causal_lm(model_dir, dtype=torch_dtype)
         self.model.to(self.device).eval()
         self.spec = load_spec(model_dir) if has_spec(model_dir) else None
         self.seed = seed

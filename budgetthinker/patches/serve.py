@@ -10,8 +10,16 @@ signal handling is kept. What we add: the processor, a readable model name, logp
 distribution actually sampled from (`--logprobs-mode processed_logprobs`, as `VLLMBackend`),
 `--reasoning-parser deepseek_r1` when the model's chat template opens a `<think>` block (R1-style
 models, so chat responses carry the thinking in `reasoning_content`), the CPU defaults our other
-vLLM engines use, waiting for `/health`, and one line with the URL and an example `curl` when it
-is ready.
+vLLM engines use, admission control of `vllm_xargs` (`serve_guard`: an unknown key, a `true`
+budget or a budget the mode cannot honour is HTTP 400 before vLLM coerces anything), and one line
+with the URL and an example `curl` when it is ready.
+
+Before anything starts: the spec is checked against the model's tokenizer and the port must be
+free (a taken port is one line, never a "ready" for somebody else's server). Ready means *our*
+child answers: it is alive, it holds the listening socket (Linux: /proc), `/health` is 200 and
+`/v1/models` lists our served name. The child dies with us: it runs in its own process group,
+asks the kernel for SIGTERM when its parent dies (`prctl(PR_SET_PDEATHSIG)`, so even a SIGKILL of
+`serve` stops it), and SIGTERM or SIGHUP of `serve` stop the whole group.
 """
 
 from __future__ import annotations
@@ -75,9 +83,14 @@ def split_args(args: argparse.Namespace) -> tuple[argparse.Namespace, list[str]]
 
 def run_serve(args: argparse.Namespace) -> int:
     args, vllm_args = split_args(args)
+    if args.port:
+        check_port(args.host, args.port)  # first: before seconds of loading
     server = Server(args.model, host=args.host, port=args.port, vllm_args=vllm_args)
-    # SIGTERM (from a supervisor or a test) must stop the engine too: run the `finally` below
+    # SIGTERM (a supervisor, a test) and SIGHUP (the terminal closed) must stop the engine too:
+    # run the `finally` below
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
+    server.check_port()
     server.start()
     try:
         server.wait_ready(args.ready_timeout)
@@ -101,6 +114,78 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
+
+
+def check_port(host: str, port: int) -> None:
+    """The port must be free on `host` (bound as vLLM binds it, SO_REUSEADDR): else one
+    UserError, before anything starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as e:
+            raise UserError(
+                f"port {port} on {host} is already in use ({e.strerror}): another server listens "
+                "there; stop it, or choose another --port (--port 0: any free port)"
+            ) from None
+
+
+def listener_inodes(port: int) -> set[str] | None:
+    """Socket inodes listening on TCP `port` (/proc/net/tcp, tcp6), or None where /proc has no
+    such table (not Linux)."""
+    inodes, found = set(), False
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        found = True
+        for line in lines:
+            fields = line.split()  # sl, local address (hex ip:port), remote, state, … inode
+            listening = len(fields) > 9 and fields[3] == "0A"
+            if listening and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                inodes.add(fields[9])
+    return inodes if found else None
+
+
+def holds_listener(pid: int, port: int) -> bool:
+    """Whether process `pid` holds the socket listening on `port` (True where it cannot be
+    told: no /proc)."""
+    inodes = listener_inodes(port)
+    if inodes is None:
+        return True
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return True
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and target[8:-1] in inodes:
+            return True
+    return False
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent(parent: int):
+    """`preexec_fn` of the child: SIGTERM when the parent dies (Linux), even by SIGKILL."""
+
+    def preexec() -> None:
+        if not sys.platform.startswith("linux"):
+            return
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the prctl: do not start at all
+            os._exit(1)
+
+    return preexec
 
 
 def opens_think_block(model_dir: Path) -> bool:
@@ -139,6 +224,9 @@ class Server:
 
         require_vllm()
         self.model_dir = resolve_model(model)
+        from budgetthinker.preparation.loading import load_tokenizer
+
+        load_tokenizer(self.model_dir)  # a spec that does not match it stops here, in one line
         self.host = host
         self.port = port or free_port(host)
         self.vllm_args = list(vllm_args)
@@ -157,8 +245,9 @@ class Server:
         args = self.vllm_args
         cmd = [sys.executable, "-m", "budgetthinker.patches.serve", "serve", str(self.model_dir)]
         cmd += ["--host", self.host, "--port", str(self.port)]
-        if not _has_flag(args, "--logits-processors"):
+        if not _has_flag(args, "--logits-processors"):  # ours, and its admission control
             cmd += ["--logits-processors", vllm_processor_fqcn()]
+            cmd += ["--middleware", "budgetthinker.patches.serve_guard.XargsGuard"]
         named = _flag_value(args, "--served-model-name")
         if named is None:
             cmd += ["--served-model-name", self.name]
@@ -179,11 +268,18 @@ class Server:
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
         env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         env.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout: our lines only
+        from budgetthinker.patches.serve_guard import MODEL_ENV
+
+        env[MODEL_ENV] = str(self.model_dir)
         cmd = self.command()
         print("[serve] " + " ".join(cmd[2:]), file=sys.stderr, flush=True)
         self.process = subprocess.Popen(
-            cmd, env=env, stdout=sys.stderr, start_new_session=True
-        )
+            cmd, env=env, stdout=sys.stderr, start_new_session=True,
+            preexec_fn=_die_with_parent(os.getpid()),
+        )  # fmt: skip
+
+    def check_port(self) -> None:
+        check_port(self.host, self.port)
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -193,16 +289,27 @@ class Server:
                     f"vllm serve exited with status {self.process.returncode} before it was "
                     "ready; its log is above"
                 )
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
-                    if r.status == 200:
-                        return
-            except (urllib.error.URLError, OSError):
-                pass
+            if self._answers():
+                return
             time.sleep(1.0)
         raise UserError(
             f"vllm serve was not ready after {timeout:.0f} s; raise --ready-timeout"
         )
+
+    def _answers(self) -> bool:
+        """Our child answers: it holds the listening socket, `/health` is 200 and `/v1/models`
+        lists our served name (another process on the port is never taken for ours)."""
+        if not holds_listener(self.process.pid, self.port):
+            return False
+        try:
+            with urllib.request.urlopen(self.url + "/health", timeout=5) as r:
+                if r.status != 200:
+                    return False
+            with urllib.request.urlopen(self.url + "/v1/models", timeout=5) as r:
+                models = json.loads(r.read()).get("data") or []
+        except (urllib.error.URLError, OSError, ValueError, AttributeError):
+            return False
+        return any(isinstance(m, dict) and m.get("id") == self.name for m in models)
 
     def wait(self) -> int:
         return self.process.wait()

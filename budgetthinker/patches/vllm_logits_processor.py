@@ -27,10 +27,16 @@ import torch
 from vllm import SamplingParams
 from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
 
-from budgetthinker.control_spec import ControlSpec, has_spec, load_spec
+from budgetthinker.control_spec import ControlSpec
 from budgetthinker.forcing import FREE, Forcer
 from budgetthinker.patches.masking import force_tokens
-from budgetthinker.patches.vllm_params import EXTRA_KEYS, decode_budget, plan_for, validate_extra
+from budgetthinker.patches.vllm_params import (
+    EXTRA_KEYS,
+    decode_budget,
+    load_checked_spec,
+    plan_for,
+    validate_extra,
+)
 
 __all__ = ["EXTRA_KEYS", "BudgetForcingProcessor"]
 
@@ -46,9 +52,7 @@ class BudgetForcingProcessor(LogitsProcessor):
         model_config = vllm_config.model_config
         self.model_dir = model_config.model
         self.tokenizer_name = model_config.tokenizer
-        self.spec: ControlSpec | None = (
-            load_spec(self.model_dir) if has_spec(self.model_dir) else None
-        )
+        self.spec: ControlSpec | None = load_checked_spec(self.model_dir, self.tokenizer_name)
         self.device = device
         self.rows: dict[int, tuple[Forcer, list[int]]] = {}
 

@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 
-from budgetthinker.control_spec import ControlSpec
+from budgetthinker.control_spec import ControlSpec, check_tokenizer, has_spec, load_spec
 from budgetthinker.errors import UserError
 from budgetthinker.forcing import ForcingPlan, make_plan
 
@@ -46,6 +46,48 @@ def validate_extra(extra: Mapping | None) -> None:
             flag(extra, key, False)
     if extra.get("suffix", "eval") not in ("eval", "rl"):
         raise ValueError(f"extra_args['suffix'] must be 'eval' or 'rl', got {extra['suffix']!r}")
+
+
+def check_admission(extra: Mapping, spec: ControlSpec | None) -> None:
+    """The `vllm_xargs` of one HTTP request as the client sent them (`serve_guard`): every key
+    known, every value of its type (a JSON `true` is not a budget), and a budget the model's mode
+    can honour, with the message `generate` gives; `ValueError` (HTTP 400) otherwise."""
+    unknown = sorted(str(k) for k in extra if k not in EXTRA_KEYS)
+    if unknown:
+        raise ValueError(
+            f"unknown vllm_xargs key{'s' if len(unknown) > 1 else ''} "
+            f"{', '.join(repr(k) for k in unknown)}; the keys are {', '.join(EXTRA_KEYS)}"
+        )
+    validate_extra(extra)
+    if "budget" not in extra or not flag(extra, "force", True):
+        return
+    if spec is None:
+        raise ValueError("the served model has no control-token spec, so no budget can be forced")
+    try:
+        make_plan(
+            spec,
+            extra["budget"],
+            control=flag(extra, "control", True),
+            two_stage=flag(extra, "two_stage", False),
+            suffix=extra.get("suffix", "eval"),
+            stop_at_think_end=flag(extra, "stop_at_think_end", True),
+        )
+    except UserError as e:
+        raise ValueError(str(e)) from None
+
+
+def load_checked_spec(model_dir: str, tokenizer_name: str) -> ControlSpec | None:
+    """The engine's spec (None without one), checked against the engine's tokenizer
+    (`control_spec.check_tokenizer`): a spec that does not match stops the engine at start,
+    instead of forcing other tokens under the control tokens' names."""
+    if not has_spec(model_dir):
+        return None
+    spec = load_spec(model_dir)
+    try:
+        check_tokenizer(spec, _tokenizer(tokenizer_name or model_dir), model_dir)
+    except UserError as e:
+        raise ValueError(str(e)) from None
+    return spec
 
 
 def wants_prompt_fallback(extra: Mapping | None) -> bool:

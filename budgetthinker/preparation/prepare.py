@@ -16,6 +16,8 @@ the checkpoint's untrained padding rows.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 from pathlib import Path
 
@@ -28,8 +30,8 @@ from budgetthinker.control_spec import (
     load_spec,
     parse_mode,
 )
-from budgetthinker.errors import UserError
-from budgetthinker.outputs import check_writable, publish_dir, staging_dir
+from budgetthinker.errors import UserError, native_write_errno
+from budgetthinker.outputs import check_writable, publish_dir, staging_dir, user_path
 from budgetthinker.preparation.embedded_model import resolve_base
 
 VOCAB_MULTIPLE = 64
@@ -63,7 +65,7 @@ def prepare_model(
         )
     if not noise >= 0:
         raise UserError(f"--noise must be >= 0 (0 = rows exactly at the mean), got {noise}")
-    out = Path(out).expanduser()
+    out = user_path(out)
     say = (lambda *_: None) if quiet else print
     if has_spec(out):
         existing = load_spec(out)
@@ -92,10 +94,10 @@ def prepare_model(
             publish_dir(tmp / "model", out)
         return existing
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from budgetthinker.preparation.loading import load_causal_lm, load_tokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    model = AutoModelForCausalLM.from_pretrained(base_dir, dtype="auto")
+    tokenizer = load_tokenizer(base_dir, check_spec=False)
+    model = load_causal_lm(base_dir, dtype="auto")
     old_len = len(tokenizer)
     spec = add_control_tokens(
         tokenizer,
@@ -103,15 +105,22 @@ def prepare_model(
         base_model=str(base) if base == "default" else str(base_dir.resolve()),
     )
     new_ids = list(range(old_len, len(tokenizer)))
-    if embedding_init == "resized":
-        model.resize_token_embeddings(len(tokenizer))  # the original's one line
-    else:
-        pieces = _base_pieces(tokenizer, new_ids, old_len) if embedding_init == "text" else None
-        _grow_embeddings(model, len(tokenizer), old_len, new_ids, noise, seed, pieces)
+    with _seeded(seed):  # rows a resize draws at random: the same bytes for the same inputs
+        if embedding_init == "resized":
+            model.resize_token_embeddings(len(tokenizer))  # the original's one line
+        else:
+            pieces = _base_pieces(tokenizer, new_ids, old_len) if embedding_init == "text" else None
+            _grow_embeddings(model, len(tokenizer), old_len, new_ids, noise, seed, pieces)
     out.parent.mkdir(parents=True, exist_ok=True)
     with staging_dir(out.parent, "prepare") as tmp:
         staged = tmp / "model"
-        model.save_pretrained(staged)
+        try:
+            model.save_pretrained(staged)
+        except Exception as e:  # safetensors' native writer: a full disk in its own error type
+            code = native_write_errno(e)
+            if code is None:
+                raise
+            raise OSError(code, os.strerror(code), str(out)) from None
         tokenizer.save_pretrained(staged)
         spec.save(staged)
         if out.exists():
@@ -123,6 +132,17 @@ def prepare_model(
         f"{len(tokenizer)}."
     )
     return spec
+
+
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """torch's global generator seeded with `seed` for the block (and restored after): a grown
+    embedding's padding rows are drawn by transformers' weight init from that generator."""
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def add_control_tokens(tokenizer, mode: str, base_model: str = "") -> ControlSpec:

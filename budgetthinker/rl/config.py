@@ -14,7 +14,7 @@ from budgetthinker import aliases
 from budgetthinker.config import check_compat, load_config, recipes_root, shipped_recipes
 from budgetthinker.config import resolve_recipe as resolve_shipped
 from budgetthinker.errors import UserError
-from budgetthinker.outputs import plain_name
+from budgetthinker.outputs import plain_name, user_path
 from budgetthinker.rl.budget_rollout import check_two_stage_request
 from budgetthinker.rl.curriculum import CurriculumConfig
 from budgetthinker.rl.data import RLDataConfig
@@ -168,7 +168,7 @@ class RLConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.output_dir) / self.experiment
+        return user_path(self.output_dir) / self.experiment
 
 
 def recipes() -> list[str]:

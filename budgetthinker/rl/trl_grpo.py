@@ -240,10 +240,10 @@ def train(cfg: RLConfig) -> dict[str, Any]:
     os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from budgetthinker.preparation.models import resolve_model
+    from budgetthinker.preparation.models import load_causal_lm, load_tokenizer, resolve_model
 
     model_dir = str(resolve_model(cfg.model, prepared=True))
     spec = load_spec(model_dir)
@@ -257,12 +257,10 @@ def train(cfg: RLConfig) -> dict[str, Any]:
             f"{cfg.trainer.rollout_batch_size}"
         )
     out_dir = cfg.run_dir
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     tokenizer.padding_side = "left"
     on_gpu = torch.cuda.is_available()
-    model = AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.bfloat16 if on_gpu else torch.float32
-    )
+    model = load_causal_lm(model_dir, dtype=torch.bfloat16 if on_gpu else torch.float32)
     n = cfg.rollout.n
     t = cfg.trainer
     # Sequences per forward/backward pass; the optimiser step accumulates the global batch.

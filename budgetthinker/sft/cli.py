@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from budgetthinker.errors import UserError
-from budgetthinker.outputs import atomic_write
+from budgetthinker.outputs import atomic_write, user_path
 
 
 def add_traces_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", required=True, help="JSONL file to write the traces to")
+    parser.add_argument(
+        "--out", required=True, type=user_path, help="JSONL file to write the traces to"
+    )
     parser.add_argument("--n", type=int, default=256, help="number of traces (default 256)")
     parser.add_argument(
         "--seed", type=int, default=1, help="problem set (default 1; evaluation uses 0)"
@@ -36,7 +37,7 @@ def run_traces(args: argparse.Namespace) -> int:
         raise UserError(f"--checks must be N or LOW:HIGH, got {args.checks!r}") from None
     if args.n <= 0 or checks[0] < 0 or checks[1] < checks[0] or args.steps < 1:
         raise UserError("--n and --steps must be positive and --checks a range LOW <= HIGH")
-    out = Path(args.out)
+    out = user_path(args.out)
     with atomic_write(out) as f:  # whole or not at all; a killed run's temp file is cleaned up
         for trace in synthetic_traces(args.n, args.seed, args.steps, checks):
             f.write(json.dumps(trace, ensure_ascii=False) + "\n")
@@ -56,7 +57,7 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
         help="reasoning traces (JSONL; fields in docs/stages/sft.md), or 'synthetic' for 256 "
         "synthetic traces",
     )
-    parser.add_argument("--out", required=True, help="dataset_dir to write to")
+    parser.add_argument("--out", required=True, type=user_path, help="dataset_dir to write to")
     parser.add_argument("--budget-rule", choices=("v1", "v2"), default="v2")
     parser.add_argument(
         "--max-thinking", type=int, default=10000, help="drop longer thinking (tokens)"
@@ -117,7 +118,8 @@ def run_data(args: argparse.Namespace) -> int:
         args.tip,
     )
     print(stats.summary())
-    print(f"wrote {Path(args.out) / args.name}.jsonl (+ dataset_info.json, {args.name}.stats.json)")
+    out = user_path(args.out) / args.name
+    print(f"wrote {out}.jsonl (+ dataset_info.json, {args.name}.stats.json)")
     return 0
 
 

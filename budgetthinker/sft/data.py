@@ -35,11 +35,11 @@ from budgetthinker.control_spec import THINK_END, THINK_START, ControlSpec, Mode
 from budgetthinker.errors import UserError
 from budgetthinker.forcing import schedule
 from budgetthinker.outputs import (
-    atomic_json,
-    atomic_write,
     check_writable,
     plain_name,
+    publish_together,
     removed_on_failure,
+    user_path,
 )
 from budgetthinker.prompts import TIP_NAMES, chat_prompt, user_content
 
@@ -383,7 +383,7 @@ def read_jsonl(path: str | os.PathLike) -> Iterator[object]:
     """Rows of a JSONL file (a `.json` file holding a list also works); a line that is not
     JSON yields None (dropped as bad_json) and one that is not UTF-8 yields `BAD_ENCODING`
     (dropped as bad_encoding): neither stops the run."""
-    path = Path(path)
+    path = user_path(path)
     if not path.is_file():
         raise UserError(f"traces file {path} does not exist")
     with path.open("rb") as f:
@@ -441,24 +441,27 @@ def write_dataset(
     """Write `<name>.jsonl` and add/replace its entry in `dataset_info.json` (other entries of
     an existing file are kept, so several datasets can share a dataset_dir).
 
-    Published only on success: rows go to a temp file; `finish(n_rows)` then returns the extra
-    JSON files to write next to it (the stats) or raises (e.g. no row kept), and only then are
-    the files renamed into place. A failed or killed run leaves the folder as it was."""
+    Published all together or not at all (`outputs.publish_together`): rows go to a temp file;
+    `finish(n_rows)` then returns the extra JSON files to write next to it (the stats) or raises
+    (e.g. no row kept); the stats and the new `dataset_info.json` are staged too, and only when
+    every file is written whole are they renamed into place. A failed run (a full disk, a
+    file-size limit) or a killed one leaves the folder as it was."""
     plain_name(name, "--name")  # the file names below must stay inside out_dir
-    out = Path(out_dir)
+    out = user_path(out_dir)
     data_path = out / f"{name}.jsonl"
     info_path = out / "dataset_info.json"
     info = _read_info(info_path)  # a broken one stops the run before anything is written
     n = 0
-    with removed_on_failure(out), atomic_write(data_path) as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
+    with removed_on_failure(out), publish_together() as group:
+        with group.open(data_path) as f:
+            for row in rows:
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                n += 1
         extra = finish(n) if finish is not None else {}
         for file_name, content in extra.items():
-            atomic_json(out / file_name, content)
-    info[name] = dataset_info_entry(data_path.name, fmt)
-    atomic_json(info_path, info)
+            group.json(out / file_name, content)
+        info[name] = dataset_info_entry(data_path.name, fmt)
+        group.json(info_path, info)
     return data_path, n
 
 
@@ -489,14 +492,13 @@ def build_dataset(
 ) -> Stats:
     """The whole job: rows from `traces` → `out_dir/<name>.jsonl`, `dataset_info.json` and
     `<name>.stats.json`. Returns the stats."""
-    from transformers import AutoTokenizer
-
     from budgetthinker.control_spec import load_spec
+    from budgetthinker.preparation.models import load_tokenizer
 
     # --control none needs only the tokenizer (lengths), so any model folder will do
     check_writable(out_dir)  # before the tokenizer loads, not after the rows are built
     spec = load_spec(model_dir) if control == "tokens" else None
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir, check_spec=control == "tokens")
     builder = TraceBuilder(
         tokenizer, spec, budget_rule, max_thinking, fmt, placement, control, tip
     )

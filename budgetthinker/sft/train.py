@@ -45,7 +45,7 @@ from budgetthinker.config import (
 )
 from budgetthinker.control_spec import SPEC_FILENAME
 from budgetthinker.errors import UserError
-from budgetthinker.outputs import atomic_json, atomic_text
+from budgetthinker.outputs import atomic_json, atomic_text, user_path
 from budgetthinker.preparation.models import resolve_model
 from budgetthinker.sft.loss import parse_special_token_loss
 
@@ -116,15 +116,20 @@ def load_lf_recipe(
 
 
 def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> tuple[dict, SFTOptions]:
-    """An SFT recipe + overrides → (LLaMA-Factory args, our options)."""
-    return load_lf_recipe(path, overrides, SFTOptions, "sft")
+    """An SFT recipe + overrides → (LLaMA-Factory args, our options); the folders it names
+    (`output_dir`, `dataset_dir`) with `~` expanded, as every command does."""
+    lf_args, opts = load_lf_recipe(path, overrides, SFTOptions, "sft")
+    for key in ("output_dir", "dataset_dir"):
+        if isinstance(lf_args.get(key), str):
+            lf_args[key] = str(user_path(lf_args[key]))
+    return lf_args, opts
 
 
 def _resolve_shipped_file(lf_args: dict, key: str) -> None:
     """A recipe's `configs/…` file (the DeepSpeed config) that is not in the working directory
     is taken from the shipped recipes, so a recipe runs from any folder."""
     value = lf_args.get(key)
-    if not isinstance(value, str) or Path(value).expanduser().is_file():
+    if not isinstance(value, str) or user_path(value).is_file():
         return
     parts = Path(value).parts
     if parts[:1] == ("configs",) and (recipes_root().joinpath(*parts[1:])).is_file():

@@ -86,3 +86,63 @@ def test_report_shows_tale_ep_estimates(tmp_path):
     assert "| tale_ep | org/math | 64 | 2 | 50% | 52 | 40.0 |" in text
     plain = write_comparison(tmp_path / "plain", RECORDS).read_text()
     assert "Budget estimates" not in plain
+
+
+# Issue #21: runs are never pooled into one row ----------------------------------------------
+
+
+def _two_runs(tmp_path):
+    """Two real runs of model=default with different settings (max_new_tokens), answered by a
+    fake OpenAI-compatible server so they take seconds."""
+    from tests.clirun import cli, eval_args
+    from tests.patches.fake_openai import FakeServer
+
+    with FakeServer("good") as server:
+        for name, extra in (("rA", "max_new_tokens=16"), ("rB", "max_new_tokens=12")):
+            args = eval_args(tmp_path / "runs", name, "backend=openai", f"endpoint={server.url}",
+                             extra)  # fmt: skip
+            proc = cli(*args)
+            assert proc.returncode == 0, proc.stderr[-2000:]
+    return tmp_path / "runs" / "rA", tmp_path / "runs" / "rB"
+
+
+@pytest.mark.slow
+def test_report_keys_rows_by_run_and_names_what_differs(tmp_path):
+    from tests.clirun import cli
+
+    ra, rb = _two_runs(tmp_path)
+    proc = cli("report", ra, rb, "--out", tmp_path / "cmp")
+    assert proc.returncode == 0, proc.stderr
+    assert "[report] the runs differ in max_new_tokens; one row per run and point" in proc.stdout
+    md = (tmp_path / "cmp" / "report.md").read_text()
+    assert "| rA: control | 16 |" in md and "| rB: control | 16 |" in md  # two rows, not one
+    assert "| rA | " in md and "| 16 |" in md and "| 12 |" in md  # the runs table
+    # the same folder twice is refused; runs of the same name are labelled by their paths
+    twice = cli("report", ra, f"{ra}/", "--out", tmp_path / "cmp2")
+    assert twice.returncode == 2 and "is given twice" in twice.stderr
+    other = tmp_path / "elsewhere" / "rA"
+    other.parent.mkdir()
+    other.symlink_to(rb, target_is_directory=True)
+    proc = cli("report", ra, other, "--out", "~/cmp3", env={"HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert "labelled by their paths: runs/rA, elsewhere/rA" in proc.stdout
+    md = (tmp_path / "cmp3" / "report.md").read_text()  # `~` is the home folder
+    assert "| runs/rA: control | 16 |" in md and "| elsewhere/rA: control | 16 |" in md
+
+
+def test_summary_rows_are_per_run(tmp_path):
+    from budgetthinker.evaluation.report import summarize
+
+    records = [r | {"run": run} for run in ("a", "b") for r in RECORDS[:2]]
+    rows = summarize(records)
+    assert [(p["run"], p["method"], p["budget"]) for p, _ in rows] == [
+        ("a", "control", 32), ("a", "control", 64), ("b", "control", 32), ("b", "control", 64)
+    ]  # fmt: skip
+
+
+def test_a_dollar_in_a_method_label_is_printed_literally(tmp_path):
+    """An unbalanced `$…$` label was a mathtext traceback when the plots were drawn."""
+    records = [r | {"method": "$\\frac{a$"} for r in RECORDS[:2]]
+    write_report(tmp_path, records)
+    assert (tmp_path / "report_plots" / "org_math_accuracy_vs_tokens.png").is_file()
+    assert "| $\\frac{a$ | 32 |" in (tmp_path / "report.md").read_text()

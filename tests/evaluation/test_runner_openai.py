@@ -121,3 +121,64 @@ def test_missing_api_key_variable(monkeypatch):
 def test_openai_backend_needs_an_endpoint(tmp_path):
     with pytest.raises(UserError, match="backend=openai needs endpoint="):
         load_config(EvalConfig, DEFAULT, [f"output_dir={tmp_path}", "backend=openai"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("change", ["endpoint", "grading.extraction=qwen"])
+def test_resume_with_another_endpoint_or_extraction_is_refused(tmp_path, change):
+    """Issue #21: such a resume ran and mixed samples of two servers (or two graders) in one
+    file. Now it is refused in one line and the run folder stays byte for byte."""
+    from tests.clirun import cli, eval_args, one_line, snapshot
+    from tests.patches.fake_openai import FakeServer
+
+    runs = tmp_path / "runs"
+    with FakeServer("good") as first, FakeServer("good") as second:
+        base = ("backend=openai", "retries=0")
+        done = cli(*eval_args(runs, "e", *base, f"endpoint={first.url}"))
+        assert done.returncode == 0, done.stderr[-2000:]
+        before = snapshot(runs)
+        extra = [f"endpoint={second.url}"] if change == "endpoint" else [
+            f"endpoint={first.url}/v1/", change]  # the same server, spelt another way
+        proc = cli(*eval_args(runs, "e", *base, *extra, "budgets=[16,24]"))
+        key = change.split("=")[0]
+        one_line(proc, f"already has results made with different {key}", "experiment=<name>")
+        assert snapshot(runs) == before
+        assert second.completions == 0
+
+
+@pytest.mark.slow
+def test_resume_at_the_same_endpoint_spelt_otherwise_runs(tmp_path):
+    from tests.clirun import cli, eval_args
+    from tests.patches.fake_openai import FakeServer
+
+    runs = tmp_path / "runs"
+    with FakeServer("good") as server:
+        for endpoint, budgets in ((server.url, "[16]"), (server.url + "/v1/", "[16,24]")):
+            proc = cli(*eval_args(runs, "e", "backend=openai", f"endpoint={endpoint}",
+                                  f"budgets={budgets}"))  # fmt: skip
+            assert proc.returncode == 0, proc.stderr[-2000:]
+    fingerprint = json.loads((runs / "e" / "fingerprint.json").read_text())
+    assert fingerprint["endpoint"] == server.url
+    assert len((runs / "e" / "samples.jsonl").read_text().splitlines()) == 4
+
+
+def test_a_fingerprint_from_before_the_endpoint_key_is_completed(tmp_path):
+    """Runs made before `endpoint` and `grading.extraction` were fingerprinted still resume:
+    the values come from their config.yaml; a different one is refused."""
+    import yaml
+
+    from budgetthinker.evaluation.runner import _check_fingerprint, _fingerprint
+
+    cfg = load_config(EvalConfig, DEFAULT, [f"output_dir={tmp_path}", "backend=openai",
+                                            "endpoint=http://h:1"])  # fmt: skip
+    old = {k: v for k, v in _fingerprint(cfg).items() if k != "endpoint"}
+    (tmp_path / "fingerprint.json").write_text(json.dumps(old))
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({"backend": "openai",
+                                                          "endpoint": "http://h:1/v1"}))
+    _check_fingerprint(tmp_path, cfg)
+    assert json.loads((tmp_path / "fingerprint.json").read_text())["endpoint"] == "http://h:1"
+    (tmp_path / "fingerprint.json").write_text(json.dumps(old))
+    other = load_config(EvalConfig, DEFAULT, [f"output_dir={tmp_path}", "backend=openai",
+                                              "endpoint=http://h:2"])  # fmt: skip
+    with pytest.raises(UserError, match="different endpoint"):
+        _check_fingerprint(tmp_path, other)

@@ -2,21 +2,31 @@
 prepared model) started through our CLI on 127.0.0.1 and a free port (the session's
 `vllm_server` fixture, stopped with SIGTERM at the end), driven with the `openai` client and with
 raw HTTP. Greedy with `ignore_eos`, so every output has exactly `max_tokens` tokens and the
-control-token positions are docs/spec.md §2's closed form."""
+control-token positions are docs/spec.md §2's closed form. Also what it refuses at admission
+(HTTP 400 with `generate`'s message), a taken port (one line, no "ready"), and its child dying
+with it (SIGHUP, SIGKILL)."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
-from budgetthinker.patches.serve import split_args
+from budgetthinker.patches.serve import READY_PREFIX, holds_listener, listener_inodes, split_args
+from tests.clirun import cli, one_line
 from tests.patches.test_vllm_logits_processor import closed_form, control_tokens
-
-pytestmark = [pytest.mark.slow, pytest.mark.vllm]
 
 LENGTH = 48
 
@@ -49,6 +59,8 @@ def completion_body(url: str, prompt: list[int], xargs: dict | None) -> dict:
     return body
 
 
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_openai_client_two_budgets_in_concurrent_requests(vllm_server, spec, prompt_ids):
     """Both budgets' control tokens at the exact positions, while sharing the batch."""
     openai = pytest.importorskip("openai")
@@ -71,6 +83,8 @@ def test_openai_client_two_budgets_in_concurrent_requests(vllm_server, spec, pro
         assert "<remaining>7/8</remaining>" in answer.choices[0].text
 
 
+@pytest.mark.slow
+@pytest.mark.vllm
 def test_raw_http_chat_and_untouched_requests(vllm_server, spec):
     """Chat completions force too; a request without vllm_xargs (and no tip in its prompt) is
     the same as one with forcing off."""
@@ -89,18 +103,147 @@ def test_raw_http_chat_and_untouched_requests(vllm_server, spec):
     assert plain["choices"][0]["token_ids"] != tokens
 
 
+@pytest.mark.slow
+@pytest.mark.vllm
 @pytest.mark.parametrize(
     ("xargs", "message"),
     [
         ({"budget": -5}, "budget'] must be a positive integer"),
         ({"budget": 100, "suffix": "other"}, "suffix'] must be 'eval' or 'rl'"),
+        # issue #21: each of these was HTTP 200 and unforced
+        ({"budget": 5}, "budget 5 is too small for mode 8ratio: it splits thinking into 8 parts"),
+        ({"budget": True}, "budget'] must be a positive integer, got True"),
+        ({"budgett": 100}, "unknown vllm_xargs key 'budgett'; the keys are budget, two_stage"),
+        ({"budget": 5, "two_stage": 1}, "budget 5 is too small for mode 8ratio"),
     ],
 )
 def test_bad_vllm_xargs_are_http_400_with_our_message(vllm_server, prompt_ids, xargs, message):
     with pytest.raises(urllib.error.HTTPError) as error:
         post(vllm_server, "/v1/completions", completion_body(vllm_server, prompt_ids[0], xargs))
     assert error.value.code == 400
-    assert message in error.value.read().decode()
+    assert message in json.loads(error.value.read())["error"]["message"]
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_chat_requests_are_refused_at_admission_too(vllm_server):
+    """The message `generate` gives for the same budget, on the chat endpoint; the same request
+    with a budget the mode can honour is answered (and forced)."""
+    chat = {"model": model_name(vllm_server), "max_tokens": 24, "skip_special_tokens": False,
+            "messages": [{"role": "user", "content": "Add 1/3 and 1/6."}]}  # fmt: skip
+    generate = cli("generate", "--prompt", "x", "--budget", "5")
+    want = one_line(generate).split(": error: ", 1)[1]
+    with pytest.raises(urllib.error.HTTPError) as error:
+        post(vllm_server, "/v1/chat/completions", {**chat, "vllm_xargs": {"budget": 5}})
+    assert error.value.code == 400
+    assert json.loads(error.value.read())["error"]["message"] == want
+    answer = post(vllm_server, "/v1/chat/completions", {**chat, "vllm_xargs": {"budget": 16}})
+    assert "<remaining>7/8</remaining>" in answer["choices"][0]["message"]["content"]
+
+
+class _Foreign(BaseHTTPRequestHandler):
+    """Somebody else's server: healthy, and serving a model of the very same name."""
+
+    def log_message(self, *args) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        body = json.dumps({"data": [{"id": "smollm2-135m-instruct-8ratio"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+@pytest.fixture
+def foreign_server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Foreign)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd.server_address[1]
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_a_taken_port_is_one_line_and_never_ready(foreign_server, tmp_path):
+    """Before issue #21 this printed `[serve] ready:` for the other server, then died with
+    vLLM's traceback. Now nothing starts: one line, exit 2, no ready line, the other server
+    untouched."""
+    before = sorted(tmp_path.iterdir())
+    proc = cli("serve", "default", "--port", str(foreign_server), cwd=tmp_path, timeout=120)
+    one_line(proc, f"port {foreign_server} on 127.0.0.1 is already in use", "--port 0")
+    assert READY_PREFIX not in proc.stdout
+    assert sorted(tmp_path.iterdir()) == before
+    with urllib.request.urlopen(f"http://127.0.0.1:{foreign_server}/v1/models", timeout=5) as r:
+        assert r.status == 200
+
+
+def test_ready_means_our_process_holds_the_port(foreign_server):
+    """Readiness asks which process listens (Linux /proc): the foreign server's socket is this
+    test process's, not a child's."""
+    if listener_inodes(foreign_server) is None:
+        pytest.skip("no /proc/net/tcp here")
+    assert holds_listener(os.getpid(), foreign_server)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        assert not holds_listener(sleeper.pid, foreign_server)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def _stats():
+    """(pid, state, parent pid, process group) of every process, from /proc."""
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        yield int(entry), fields[0], int(fields[1]), int(fields[2])
+
+
+def _group(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group `pgid`."""
+    return [pid for pid, state, _, group in _stats() if group == pgid and state != "Z"]
+
+
+def _children(pid: int) -> list[int]:
+    return [child for child, _, parent, _ in _stats() if parent == pid]
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGKILL], ids=["SIGHUP", "SIGKILL"])
+def test_the_server_dies_with_serve(sig):
+    """SIGHUP (the terminal closed) and SIGKILL of `serve`: within seconds vLLM's server and its
+    engine processes are gone and the port is free (before, they were orphaned, port held)."""
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("needs /proc")
+    args = [sys.executable, "-m", "budgetthinker.cli", "serve", "default", "--port", "0",
+            "--", "--max-model-len", "1024", "--max-num-seqs", "4"]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)  # fmt: skip
+    try:
+        url = next((line.split(":", 1)[1].strip() for line in proc.stdout
+                    if line.startswith(READY_PREFIX)), None)  # fmt: skip
+        assert url is not None, f"serve did not start (exit {proc.poll()})"
+        [child] = _children(proc.pid)
+        assert len(_group(child)) >= 2  # the API server and its engine process
+        port = int(url.rsplit(":", 1)[1])
+        os.kill(proc.pid, sig)
+        deadline = time.monotonic() + 30
+        while _group(child) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not _group(child), f"left running after {sig!r}: {_group(child)}"
+        assert proc.wait(30) in (-signal.SIGKILL, 129)
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", port)) != 0  # nobody listens any more
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_vllm_options_go_after_the_double_dash():

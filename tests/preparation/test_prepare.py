@@ -176,3 +176,36 @@ def test_embedding_init_switch_on_the_deepseek_layout(tmp_path, init):
         assert not torch.allclose(weight[ids[0]], weight[ids[-1]])
     with pytest.raises(UserError, match="unknown embedding init 'zeros'"):
         prepare_model(str(base), "8ratio", tmp_path / "x", quiet=True, embedding_init="zeros")
+
+
+def test_prepare_twice_gives_the_same_bytes(tmp_path):
+    """Issue #21: the padding rows of the grown embedding were drawn unseeded. Same inputs, same
+    bytes, on the real CLI; another --seed gives other padding rows (and only those)."""
+    from tests.clirun import cli, snapshot
+
+    for name, seed in (("a", "0"), ("b", "0"), ("c", "1")):
+        proc = cli("prepare", "--base", "default", "--out", tmp_path / name, "--seed", seed)
+        assert proc.returncode == 0, proc.stderr
+    a, b, c = (snapshot(tmp_path / n) for n in "abc")
+    assert a == b
+    assert a.keys() == c.keys() and a["model.safetensors"] != c["model.safetensors"]
+    rows = [_embeddings(tmp_path / n) for n in "ac"]
+    spec = load_spec(tmp_path / "a")
+    used = max(spec.think_end_id, *spec.token_ids) + 1
+    assert torch.equal(rows[0][:used], rows[1][:used])  # the seed moves only the padding rows
+
+
+def test_a_file_size_limit_is_one_line_and_leaves_nothing(tmp_path):
+    """`ulimit -f`: safetensors' native writer fails with EFBIG inside its own exception type;
+    it is the one write-error line, and no staging folder or half model is left."""
+    import resource
+
+    from tests.clirun import cli, one_line, snapshot
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    before = snapshot(tmp_path)
+    proc = cli("prepare", "--base", "default", "--out", tmp_path / "o", preexec_fn=limit)
+    one_line(proc, "cannot write", "File too large", "ulimit -f")
+    assert snapshot(tmp_path) == before

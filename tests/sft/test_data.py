@@ -370,3 +370,89 @@ def test_plain_tip_without_control_tokens_keeps_budgets_and_thinking(
         TraceBuilder(tokenizer, None, control="none", tip="control")
     with pytest.raises(UserError, match="unknown tip 'short'"):
         TraceBuilder(tokenizer, None, control="none", tip="short")
+
+
+# Issue #21: a full disk or a file-size limit publishes nothing -------------------------------
+
+
+@pytest.fixture
+def dataset_dir(tmp_path):
+    """A dataset folder with an earlier dataset and a big dataset_info.json (other entries), so
+    that the new data and stats fit under a small file-size limit but the index does not: the
+    last of the run's files fails, after the others were written."""
+    from tests.clirun import cli
+
+    out = tmp_path / "ds"
+    traces = tmp_path / "t.jsonl"
+    assert cli("sft-traces", "--out", traces, "--n", "4").returncode == 0
+    assert cli("sft-data", "--model", "default", "--traces", traces, "--out", out).returncode == 0
+    info = json.loads((out / "dataset_info.json").read_text())
+    info.update({f"other_{i}": {"file_name": f"other_{i}.jsonl", "note": "x" * 200}
+                 for i in range(300)})  # fmt: skip
+    (out / "dataset_info.json").write_text(json.dumps(info, indent=2))
+    return out, traces
+
+
+@pytest.mark.slow
+def test_a_file_size_limit_publishes_none_of_the_run(dataset_dir):
+    import resource
+
+    from tests.clirun import cli, one_line, snapshot
+
+    out, traces = dataset_dir
+    limit = (out / "dataset_info.json").stat().st_size - 1000
+    assert (out / "8ratio_SFT_below10000.jsonl").stat().st_size < limit  # the data would fit
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    before = snapshot(out)
+    proc = cli("sft-data", "--model", "default", "--traces", traces, "--out", out,
+               "--name", "new", preexec_fn=small_files)  # fmt: skip
+    one_line(proc, "cannot write", "File too large", "ulimit -f")
+    assert snapshot(out) == before  # no new.jsonl, no new.stats.json, no temp file
+
+
+@pytest.mark.slow
+def test_a_full_disk_publishes_none_of_the_run(tmp_path):
+    """A real full file system (a 64 kB tmpfs): ENOSPC is the one write-error line, and the
+    folder keeps exactly what it had."""
+    import subprocess
+
+    from tests.clirun import cli, one_line, snapshot
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                             capture_output=True)  # fmt: skip
+    if mounted.returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        (disk / "ds").mkdir()
+        (disk / "ds" / "dataset_info.json").write_text('{"older": {"file_name": "older.jsonl"}}')
+        before = snapshot(disk)
+        proc = cli("sft-data", "--model", "default", "--traces", "synthetic", "--out",
+                   disk / "ds")  # fmt: skip
+        one_line(proc, "cannot write", "No space left on device")
+        assert snapshot(disk) == before
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+@pytest.mark.slow
+def test_a_tilde_in_paths_means_home_for_every_command(tmp_path):
+    """`--out ~/…` is the home folder for sft-traces, sft-data (its --traces too) and report,
+    as for eval: never a folder literally named `~` in the working folder."""
+    from budgetthinker.paths import cache_dir
+    from tests.clirun import cli
+
+    home, work = tmp_path / "home", tmp_path / "work"
+    home.mkdir()
+    work.mkdir()
+    env = {"HOME": str(home), "BUDGETTHINKER_CACHE": str(cache_dir())}  # the cached model
+    assert cli("sft-traces", "--out", "~/t.jsonl", "--n", "4", env=env, cwd=work).returncode == 0
+    proc = cli("sft-data", "--model", "default", "--traces", "~/t.jsonl", "--out", "~/ds",
+               env=env, cwd=work)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert (home / "t.jsonl").is_file() and (home / "ds" / "dataset_info.json").is_file()
+    assert list(work.iterdir()) == []

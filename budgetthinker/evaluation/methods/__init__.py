@@ -201,9 +201,14 @@ def get_method(entry: str | Mapping[str, Any]) -> Method:
 
 def _load_dotted(path: str) -> type[Method]:
     module, _, attr = path.partition(":") if ":" in path else path.rpartition(".")
+    if not module or not attr or module.startswith(".") or module.endswith("."):
+        raise UserError(
+            f"cannot load method {path!r}: a custom method is package.module:Class (or "
+            "package.module.Class); a built-in one is one of " + ", ".join(METHODS)
+        )
     try:
         cls = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
+    except (ImportError, AttributeError, ValueError) as e:
         raise UserError(f"cannot load method {path!r}: {e}") from None
     if not (isinstance(cls, type) and issubclass(cls, Method)):
         raise UserError(f"{path!r} is not a Method subclass")

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from budgetthinker.errors import UserError
 from budgetthinker.evaluation.tale.prompts import add_budget, cot_prompt
-from budgetthinker.outputs import atomic_json
+from budgetthinker.outputs import atomic_json, user_path
 
 RULES = ("code", "paper")
 
@@ -453,7 +453,9 @@ def add_args(parser) -> None:
         "--synthetic-level", choices=("normal", "easy"), default="easy",
         help="easy (default): small additions the embedded model can answer",
     )  # fmt: skip
-    parser.add_argument("--out", required=True, help="search output (JSONL; resumed if present)")
+    parser.add_argument(
+        "--out", required=True, type=user_path, help="search output (JSONL; resumed if present)"
+    )
     parser.add_argument("--family", default="gsm8k", help="TALE prompt family (default gsm8k)")
     parser.add_argument("--compat", choices=("tale",), action="append", default=[],
                         help="tale: the original's plain prompt string and sampling (temperature "
@@ -501,10 +503,8 @@ def load_search_problems(args) -> list[SearchProblem]:
 
 
 def run_cli(args) -> int:
-    from transformers import AutoTokenizer
-
     from budgetthinker.evaluation.tale.prompts import TALE_SAMPLING, family
-    from budgetthinker.preparation.models import resolve_model
+    from budgetthinker.preparation.models import load_tokenizer, resolve_model
 
     family(args.family)  # before any model loads
     if args.max_new_tokens < 1:
@@ -520,7 +520,7 @@ def run_cli(args) -> int:
         "max_new_tokens": args.max_new_tokens, "temperature": temperature, "top_p": top_p,
         "seed": args.seed, "synthetic": [args.synthetic_steps, args.synthetic_level],
     }  # fmt: skip
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     backend = search_backend(args, model_dir, tokenizer, problems)
     judge = GraderJudge(args.grading_workers)
     answerer = BackendAnswerer(

@@ -49,3 +49,20 @@ def test_dotted_path_errors():
         get_method("nowhere.mod:M")
     with pytest.raises(UserError, match="'pathlib:Path' is not a Method subclass"):
         get_method("pathlib:Path")
+
+
+@pytest.mark.parametrize("name", [".", "..", "a.", ".a", ":x", "a:", "1.2"])
+def test_a_dotted_path_that_names_nothing_is_one_line(name):
+    """Issue #21: `methods=[.]` was a traceback (importlib's "Empty module name")."""
+    from budgetthinker.evaluation.methods import get_methods
+
+    with pytest.raises(UserError, match=f"cannot load method {re.escape(repr(name))}"):
+        get_methods([name])
+
+
+def test_methods_dot_on_the_cli(tmp_path):
+    from tests.clirun import cli, eval_args, one_line, snapshot
+
+    proc = cli(*eval_args(tmp_path / "runs", "e", "methods=[.]"))
+    one_line(proc, "cannot load method '.'", "package.module:Class")
+    assert snapshot(tmp_path) == {}
