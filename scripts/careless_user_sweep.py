@@ -5,7 +5,9 @@ Usage: .venv/bin/python scripts/careless_user_sweep.py [COMMAND …]   (SWEEP_NA
 cases by name). Each case runs in a fresh temp folder; about 15-35 minutes on 2 CPU cores.
 Issue #21's cases (the OpenAI-compatible server, a faulty remote endpoint, kills, a nearly full
 disk, hostile recipes and model folders) are custom checks at the end: a `serve` shared by the
-HTTP cases, a faulty server (tests/patches/fake_openai.py) for `backend=openai`.
+HTTP cases, a faulty server (tests/patches/fake_openai.py) for `backend=openai`. Issue #21's
+run: 118 cases (78 of #15, 40 new); before its fixes 80 OK / 8 weak / 30 bad (all 78 old ones
+OK), after 118 OK.
 
 OK: as promised (exit 2 + one stderr line naming the fix, nothing written / state intact; or a
 successful run where the input is valid). weak: refused but not as promised (several lines,
