@@ -120,6 +120,21 @@ def test_unknown_method_and_bad_budget(tmp_path, prepared_model):
         run_eval(tiny(tmp_path, "budgets=[4]"))
 
 
+def kill_after_two_samples(args: list[str], env: dict, samples) -> list[str]:
+    """Start the eval CLI `args`, SIGKILL it once `samples` holds two records, and return the
+    saved lines (what a resume must neither lose nor repeat)."""
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and proc.poll() is None:
+        if samples.exists() and samples.read_text().count("\n") >= 2:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.05)
+    proc.wait(60)
+    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    return samples.read_text().splitlines(keepends=True)
+
+
 def test_resume_after_kill(tmp_path, prepared_model):
     """SIGKILL the CLI after its first chunk is saved; the rerun neither loses nor repeats."""
     out = tmp_path / "default"
@@ -129,17 +144,8 @@ def test_resume_after_kill(tmp_path, prepared_model):
         "methods=[withoutremaining]", "chunk_size=2", "grading.workers=1",
     ]  # fmt: skip
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     samples = out / "samples.jsonl"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if samples.exists() and samples.read_text().count("\n") >= 2:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    proc.wait(60)
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    saved = samples.read_text().splitlines(keepends=True)
+    saved = kill_after_two_samples(args, env, samples)
     assert 2 <= len(saved) < 6
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]

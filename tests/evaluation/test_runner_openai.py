@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -21,7 +19,7 @@ from budgetthinker.evaluation.results import record_key
 from budgetthinker.evaluation.runner import run_eval
 from budgetthinker.patches.openai_backend import OpenAIBackend
 from budgetthinker.patches.serve import free_port
-from tests.evaluation.test_runner import DEFAULT, read, tiny
+from tests.evaluation.test_runner import DEFAULT, kill_after_two_samples, read, tiny
 
 SAME = ("text", "output_tokens", "thinking_tokens", "control_tokens", "predicted", "correct",
         "finished_thinking", "suffix_forced")  # fmt: skip
@@ -60,16 +58,7 @@ def test_killed_run_resumes(vllm_server, tmp_path):
         f"endpoint={vllm_server}", "concurrency=2",
     ]  # fmt: skip
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error"}
-    proc = subprocess.Popen(args, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and proc.poll() is None:
-        if samples.exists() and samples.read_text().count("\n") >= 2:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.05)
-    proc.wait(60)
-    assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
-    saved = samples.read_text().splitlines(keepends=True)
+    saved = kill_after_two_samples(args, env, samples)
     done = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     lines = samples.read_text().splitlines(keepends=True)
