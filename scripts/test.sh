@@ -14,6 +14,8 @@
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
+# Property tests draw the same examples every run here (tests/conftest.py); plain pytest explores.
+export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}"
 
 stage="all"
 case "${1:-}" in

@@ -9,6 +9,13 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# CI (and scripts/test.sh) run the property tests derandomized: the same examples every run, so
+# a red CI means a change broke something, not a lucky draw. Plain `pytest` explores new
+# examples each run (and keeps failures in .hypothesis/), which is how bugs are found.
+settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_TOKENIZER = REPO.parent / "shared" / "tokenizers" / "deepseek-r1-distill-qwen"

@@ -101,5 +101,27 @@ def test_thinking_never_exceeds_the_budget(tokenizer, spec, name, data, budget, 
     assert outcome.ceiling == b
     assert outcome.thinking_tokens <= b
     assert_within_budget([outcome])
-    if outcome.thinking_tokens == b and params.get("variant") != "tutorial":
+    if outcome.extra["thinking_cut"]:
+        assert outcome.finished_thinking is False  # cut at B: never finished by the model
+    if outcome.thinking_tokens == b and params.get("variant") != "tutorial" and not compat:
         assert outcome.finished_thinking is False  # at B: forced out ("Final Answer:")
+    # (compat: [s1] cuts only a sum over B: thinking that stops by itself exactly at B is
+    # finished, as in the fork; test_compat_thinking_that_ends_by_itself_exactly_at_b…)
+
+
+
+def test_compat_thinking_that_ends_by_itself_exactly_at_b_is_finished(tokenizer, spec):
+    """Found by CI: under compat: [s1], rounds of 1 + 8 + 1 + 8 + 1 tokens (two 8-token ignore
+    strings) reach B = 19 exactly, and the last round stopped by itself. The fork cuts only a
+    sum *over* B, so nothing is cut: the model finished thinking, and gets the plain end string
+    (no "Final Answer:"). Without compat, reaching B forces the answer."""
+    params = {"thinking_n_ignore": 2, "thinking_n_ignore_str": " Let me double check step by step.",
+              "max_gen_toks": 4}  # fmt: skip
+    fork, _ = run(tokenizer, spec, params, 19, [(0, "stop")], ("s1",), 0)
+    assert (fork.thinking_tokens, fork.extra["thinking_cut"]) == (19, 0)
+    assert fork.finished_thinking is True
+    assert "Final Answer:" not in fork.graded_text
+    ours, _ = run(tokenizer, spec, params, 19, [(0, "stop")], (), 0)
+    assert ours.thinking_tokens == 19
+    assert ours.finished_thinking is False
+    assert "Final Answer:" in tokenizer.decode(ours.output_ids)
