@@ -29,7 +29,9 @@ A model without known thinking delimiters gives NaN for the two metrics that nee
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import lm_eval.api.metrics  # noqa: F401  (registers lm-eval's `mean` before ours name it)
 from lm_eval.api.registry import register_aggregation, register_metric
@@ -122,3 +124,22 @@ def output_tokens(references, predictions, **kwargs) -> float:
 def control_positions(references, predictions, **kwargs) -> list[int] | float:
     r = _record(predictions)
     return NAN if r is None else list(r["control_positions"])
+
+
+def task_yaml(name: str, data_file: str | Path, question: str = "question",
+              answer: str = "answer", until: tuple[str, ...] = ()) -> str:  # fmt: skip
+    """An lm-eval task over a local JSONL (lm-eval's `json` builder: nothing downloaded), scored
+    by exact match with every metric of this module beside it: the test's and the benchmark's
+    task, and a start for one's own (`--include_path` the folder holding it)."""
+    metrics = "".join(f"  - metric: {m}\n" for m in ("exact_match", *METRICS))
+    return (
+        f"task: {name}\n"
+        "dataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {json.dumps(str(data_file))}\n"
+        "test_split: test\n"
+        "output_type: generate_until\n"
+        f'doc_to_text: "{{{{{question}}}}}"\n'
+        f'doc_to_target: "{{{{{answer}}}}}"\n'
+        f"generation_kwargs:\n  until: {json.dumps(list(until))}\n"
+        f"metric_list:\n{metrics}"
+    )

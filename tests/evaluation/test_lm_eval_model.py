@@ -42,28 +42,16 @@ S1_OURS = {
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    """`<dir>/mini/test.jsonl` and a task YAML `bt_mini` over it (lm-eval's `json` builder: no
-    download), with the adherence metrics beside exact_match."""
+    """`<dir>/mini/test.jsonl` and a task YAML `bt_mini` over it, with the adherence metrics
+    beside exact_match."""
+    from budgetthinker.evaluation.lm_eval_metrics import task_yaml
+
     root = tmp_path_factory.mktemp("lm_eval_data")
     (root / "mini").mkdir()
     rows = [json.dumps({"question": q, "answer": a}) for q, a in PROBLEMS]
     (root / "mini" / "test.jsonl").write_text("\n".join(rows) + "\n")
-    metrics = "\n".join(
-        f"  - metric: {m}" for m in ("exact_match", *ADHERENCE, "thinking_tokens",
-                                     "thinking_rounds", "output_tokens", "control_positions")
-    )  # fmt: skip
     (root / "tasks").mkdir()
-    (root / "tasks" / "bt_mini.yaml").write_text(
-        "task: bt_mini\n"
-        "dataset_path: json\n"
-        f"dataset_kwargs:\n  data_files:\n    test: {root / 'mini' / 'test.jsonl'}\n"
-        "test_split: test\n"
-        "output_type: generate_until\n"
-        'doc_to_text: "{{question}}"\n'
-        'doc_to_target: "{{answer}}"\n'
-        "generation_kwargs:\n  until: []\n"
-        f"metric_list:\n{metrics}\n"
-    )
+    (root / "tasks" / "bt_mini.yaml").write_text(task_yaml("bt_mini", root / "mini" / "test.jsonl"))
     return root
 
 
