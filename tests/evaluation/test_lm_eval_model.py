@@ -55,12 +55,12 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
-def lm_eval(data: Path, out: Path, model_args: str, gen_kwargs: str) -> tuple[dict, list[dict]]:
+def lm_eval(data: Path, out: Path, model_args: str, gen_kwargs: str, *extra: str):
     """One `budgetthinker lm-eval` run; its results JSON and logged samples (by doc_id)."""
     proc = cli(
         "lm-eval", "--model", "budgetthinker", "--model_args", model_args,
         "--tasks", "bt_mini", "--include_path", data / "tasks", "--gen_kwargs", gen_kwargs,
-        "--batch_size", "16", "--log_samples", "--output_path", out,
+        "--batch_size", "16", "--log_samples", "--output_path", out, *extra,
         env=OFFLINE,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -127,8 +127,9 @@ def test_control_tokens_through_lm_eval(data, tmp_path, prepared_model, hf_backe
 
 
 def test_s1_in_the_forks_gen_kwargs(data, tmp_path, prepared_model, hf_backend):
+    # as the forks' READMEs run it: --apply_chat_template (the method renders the same prompt)
     results, logged = lm_eval(data, tmp_path / "lm", f"pretrained={prepared_model}",
-                              S1_FORK_KWARGS)  # fmt: skip
+                              S1_FORK_KWARGS, "--apply_chat_template")  # fmt: skip
     records = harness(data, tmp_path / "ours", prepared_model, hf_backend, S1_OURS, 24)
     assert_same_samples(logged, records)
     assert_adherence_reported(results, logged)
