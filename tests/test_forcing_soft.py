@@ -31,9 +31,9 @@ def oracle(budget: int, grace: int, proposals: list[int], suffix=SUFFIX_EVAL) ->
     start = None
     for proposal in proposals:
         n = len(out)
-        if start is None and THINK_END_ID not in out and budget <= n <= budget + grace:
-            if n == budget + grace or (out and out[-1] in BOUNDS):
-                start = n
+        window = start is None and THINK_END_ID not in out and budget <= n <= budget + grace
+        if window and (n == budget + grace or (out and out[-1] in BOUNDS)):
+            start = n
         token = proposal
         if start is not None and n - start < len(suffix):
             token = suffix[n - start]

@@ -404,9 +404,8 @@ def interpreted_kernels_agree() -> int:
     rows and idle steps. Returns the number of forced tokens seen (raises on a difference)."""
     from budgetthinker.control_spec import load_spec
     from budgetthinker.patches import forcing_slots as fs
-    from budgetthinker.preparation.models import default_prepared_dir
-
     from budgetthinker.patches.vllm_params import boundaries_for
+    from budgetthinker.preparation.models import default_prepared_dir
 
     kernels = fs._load_kernels()
     model = default_prepared_dir("8ratio")
