@@ -22,7 +22,7 @@ Rules (positions count generated tokens from 0):
 * Two-stage: if thinking has not ended after `B + B // 50` generated tokens, the suffix
   (e.g. "\\n</think>\\n\\n**Final Answer**\\\\boxed") is forced token by token, then decoding is
   free again — in the same request, and only when thinking was unfinished.
-* Soft ending (two-stage with a grace window G ≥ 0, docs/spec.md §2.4): the suffix starts at the
+* Soft ending (two-stage with a grace window G ≥ 0, docs/spec.md §2.7): the suffix starts at the
   first output length n with B ≤ n ≤ B + G at which thinking is unfinished and either n = B + G
   or the token just fed (index n − 1) is a boundary token (`is_boundary`: its text holds a
   newline or ends with `.`, `!`, `?`, `…` or `:` before optional spaces). So thinking that

@@ -51,7 +51,7 @@ class BudgetSettings:
     suffix: str = "eval"
     control: bool = True
     stop_at_think_end: bool = True  # False: control tokens also after `</think>` (the original)
-    grace: int | None = None  # soft ending (implies two-stage), docs/spec.md §2.4
+    grace: int | None = None  # soft ending (implies two-stage), docs/spec.md §2.7
 
     @property
     def ends_thinking(self) -> bool:

@@ -1,4 +1,4 @@
-"""The soft ending (docs/spec.md §2.4) on both engines' forcing adapters, token for token
+"""The soft ending (docs/spec.md §2.7) on both engines' forcing adapters, token for token
 against `Forcer` (`simulate`), over scripted streams of model proposals: the transformers
 `BudgetForcingLogitsProcessor` and the vLLM V1 `BudgetForcingProcessor` (the V2 slots:
 tests/patches/test_vllm_v2_processor.py). The "model" is a logits row whose argmax is the

@@ -1,4 +1,4 @@
-"""The soft ending (docs/spec.md §2.4) of the forcing state machine against an independent
+"""The soft ending (docs/spec.md §2.7) of the forcing state machine against an independent
 O(L)-per-step oracle of the rule as the spec states it: the suffix starts at the first output
 length n with B ≤ n ≤ B + G at which thinking is unfinished and n = B + G or the last token is
 a boundary."""

@@ -74,7 +74,7 @@ def _own_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--grace", type=int, metavar="G",
         help="soft ending for every budgeted request: after B, end thinking at the first line "
-        "or sentence end, at the latest after B + G tokens (docs/spec.md §2.4)",
+        "or sentence end, at the latest after B + G tokens (docs/spec.md §2.7)",
     )  # fmt: skip
     parser.add_argument(
         "--budgets-file", metavar="YAML",

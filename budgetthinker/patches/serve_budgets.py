@@ -1,7 +1,7 @@
 """Which budget a `budgetthinker serve` request gets, whatever dialect the client speaks, and the
 usage that says what was applied (docs/serving.md#budgets-from-any-client).
 
-A request's budget comes from, in this order (docs/spec.md §2.4 for `grace`):
+A request's budget comes from, in this order (docs/spec.md §2.7 for `grace`):
 
 1. `vllm_xargs.budget` (ours),
 2. `thinking_token_budget` (vLLM's own field; -1 means unset, as in vLLM),

@@ -10,7 +10,7 @@ Imports neither vLLM nor torch: vLLM validates parameters in its front-end proce
     force       bool/0/1   0 turns forcing off for this request (also the prompt fallback)
     stop_at_think_end  bool/0/1  1 (default): no control tokens after `</think>`
     grace       int >= 0   soft ending (implies two_stage): the suffix may start after B at the
-                           first boundary token, at the latest after B + grace (docs/spec.md §2.4)
+                           first boundary token, at the latest after B + grace (docs/spec.md §2.7)
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ One generation round; with two-stage inference the suffix is forced in the same 
 (the original's behaviour: its cap is again B + B//50, and finished outputs get a second answer).
 
 Parameter `grace` (tokens ≥ 0, default none = the hard ending): the soft ending of
-docs/spec.md §2.4 — thinking that reaches B unfinished may run to the first line or sentence end,
+docs/spec.md §2.7 — thinking that reaches B unfinished may run to the first line or sentence end,
 at most `grace` tokens more, then the two-stage suffix is forced in the same request (so it
 implies two-stage). `{name: control, grace: 64}` next to `control` with `two_stage: true`
 measures soft against hard ending in one sweep.
