@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+from collections.abc import Mapping
 
 from budgetthinker.control_spec import ControlSpec, has_spec, load_spec
 from budgetthinker.patches.serve_budgets import (
@@ -34,6 +35,7 @@ from budgetthinker.patches.serve_budgets import (
     headers,
     resolve,
 )
+from budgetthinker.patches.vllm_params import check_admission
 
 MODEL_ENV = "BUDGETTHINKER_SERVE_MODEL"
 GUARDED_PATHS = ("/v1/completions", "/v1/chat/completions", "/v1/responses")
@@ -50,9 +52,12 @@ def admit(
         return Resolved({}, source="not JSON")
     if not isinstance(payload, dict):
         return Resolved({}, source="not JSON")
-    if path == "/v1/responses":  # our budget dialects are the two completion APIs
-        budgets = ServeBudgets()
     try:
+        if path == "/v1/responses":  # the dialects are the two completion APIs': checks only
+            xargs = payload.get("vllm_xargs")
+            if isinstance(xargs, Mapping):
+                check_admission(xargs, spec)
+            return Resolved(payload)
         return resolve(payload, path, budgets, spec)
     except ValueError as e:
         return str(e)

@@ -404,9 +404,11 @@ def test_soft_ending_ends_thinking_at_the_first_boundary_in_the_window(budget_se
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_no_budget_and_no_default_is_untouched(vllm_server, prompt_ids):
-    """On a server without defaults a request without a budget is vLLM's own: the same tokens
-    as with forcing off, usage as vLLM counts it, and `x-budgetthinker-budget: none`."""
-    body = completion_body(vllm_server, prompt_ids[3], None)
+    """On a server without defaults a request without a budget (and without a budget tip in its
+    prompt, docs/spec.md §2.3) is vLLM's own: the same tokens as with forcing off, usage as vLLM
+    counts it, and `x-budgetthinker-budget: none`."""
+    body = {**completion_body(vllm_server, prompt_ids[3], None),
+            "prompt": "Explain how to add 1/3 and 1/6, step by step."}  # fmt: skip
     plain, headers = post_full(vllm_server, "/v1/completions", body)
     off = post(vllm_server, "/v1/completions", {**body, "vllm_xargs": {"force": 0}})
     assert headers["x-budgetthinker-budget"] == "none"
