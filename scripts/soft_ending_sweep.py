@@ -46,6 +46,7 @@ def main() -> None:
     parser.add_argument("--out", help="keep the run here (default: a temporary folder)")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="soft-sweep-"))
+    out.mkdir(parents=True, exist_ok=True)
     soft = f"control-soft{args.grace}"
     recipe = {
         "experiment": "soft-ending", "model": "default", "backend": "hf", "two_stage": True,
