@@ -103,7 +103,7 @@ def split_args(args: argparse.Namespace) -> tuple[argparse.Namespace, list[str]]
     if own:
         parser = argparse.ArgumentParser(prog="budgetthinker serve", add_help=False)
         _own_options(parser)
-        parser.set_defaults(**{k: getattr(args, k) for k in OWN_OPTIONS})
+        parser.set_defaults(**{k: getattr(args, k, None) for k in OWN_OPTIONS})
         parsed, unknown = parser.parse_known_args(own)
         if unknown:
             raise UserError(

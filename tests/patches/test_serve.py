@@ -414,3 +414,19 @@ def test_no_budget_and_no_default_is_untouched(vllm_server, prompt_ids):
     assert headers["x-budgetthinker-budget"] == "none"
     assert plain["choices"][0]["token_ids"] == off["choices"][0]["token_ids"]
     assert "budgetthinker" not in plain["usage"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--reasoning-effort-budgets", "{low: 1024}"],
+         ["--reasoning-effort-budgets is not JSON", '{"low": 1024, "medium": 4096']),
+        (["--reasoning-effort-budgets", '{"low": -3}'], ["'low' must be a positive whole"]),
+        (["--grace", "-1"], ["grace must be a whole number of tokens >= 0"]),
+        (["--default-budget", "5"], ["--default-budget: budget 5 is too small for mode 8ratio"]),
+    ],
+)  # fmt: skip
+def test_bad_budget_options_are_one_line_before_anything_starts(args, needles, tmp_path):
+    proc = cli("serve", "default", "--port", "0", *args, cwd=tmp_path, timeout=300)
+    one_line(proc, *needles)
+    assert READY_PREFIX not in proc.stdout
