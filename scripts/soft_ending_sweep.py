@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--problems", type=int, default=8)
     parser.add_argument("--budgets", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--grace", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, help="cap per sample (default: method's)")
     parser.add_argument("--out", help="keep the run here (default: a temporary folder)")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="soft-sweep-"))
@@ -55,8 +56,10 @@ def main() -> None:
         "data": {"benchmarks": ["synthetic"],
                  "synthetic": {"n": args.problems, "seed": 0, "steps": 3}},
         "sampling": {"temperature": 0.0, "n": 1, "seed": 0},
-        "grading": {"workers": 0, "timeout": 5.0},
+        "grading": {"workers": 0, "timeout": 5.0}, "batch_size": 8, "chunk_size": 8,
     }  # fmt: skip
+    if args.max_new_tokens:
+        recipe["max_new_tokens"] = args.max_new_tokens
     config = out / "recipe.yaml"
     config.write_text(yaml.safe_dump(recipe))
     subprocess.run(
