@@ -1,6 +1,6 @@
 #!/usr/bin/env python
 """Hard against soft ending of thinking (docs/spec.md §2.7) on the embedded model, measured with
-the real evaluation sweep (`budgetthinker eval`, transformers backend, greedy).
+the real evaluation sweep (`budgetthinker eval`, transformers or vLLM backend, greedy).
 
 Two methods in one recipe with `two_stage: true`: `control` (the hard end: suffix at B + B//50)
 and `{name: control, grace: G}` (the soft end). Per method and budget it prints accuracy, the
@@ -44,19 +44,21 @@ def main() -> None:
     parser.add_argument("--budgets", type=int, nargs="+", default=[32, 64, 128])
     parser.add_argument("--grace", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, help="cap per sample (default: method's)")
+    parser.add_argument("--backend", default="hf", choices=["hf", "vllm"])
     parser.add_argument("--out", help="keep the run here (default: a temporary folder)")
     args = parser.parse_args()
     out = Path(args.out or tempfile.mkdtemp(prefix="soft-sweep-"))
     out.mkdir(parents=True, exist_ok=True)
     soft = f"control-soft{args.grace}"
     recipe = {
-        "experiment": "soft-ending", "model": "default", "backend": "hf", "two_stage": True,
+        "experiment": "soft-ending", "model": "default", "backend": args.backend, "two_stage": True,
         "methods": ["control", {"name": "control", "grace": args.grace, "label": soft}],
         "budgets": args.budgets, "output_dir": str(out),
         "data": {"benchmarks": ["synthetic"],
                  "synthetic": {"n": args.problems, "seed": 0, "steps": 3}},
         "sampling": {"temperature": 0.0, "n": 1, "seed": 0},
-        "grading": {"workers": 0, "timeout": 5.0}, "batch_size": 8, "chunk_size": 8,
+        "grading": {"workers": 0, "timeout": 5.0}, "batch_size": 8,
+        "chunk_size": 8 if args.backend == "hf" else 64,
     }  # fmt: skip
     if args.max_new_tokens:
         recipe["max_new_tokens"] = args.max_new_tokens
@@ -66,7 +68,7 @@ def main() -> None:
         [sys.executable, "-m", "budgetthinker.cli", "eval", "--config", str(config)],
         check=True, stdout=sys.stderr,
     )  # fmt: skip
-    rows = [json.loads(line) for f in out.rglob("results.jsonl") for line in f.open()]
+    rows = [json.loads(line) for f in out.rglob("samples.jsonl") for line in f.open()]
     groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
     for row in rows:
         groups[(row["method"], row["budget"])].append(row)
