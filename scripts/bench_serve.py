@@ -11,6 +11,10 @@ compared → `with_over_without` (requests/s). On a shared machine the ratio is 
 read, not the absolute rates. The last stdout line is one JSON object.
 
     python scripts/bench_serve.py --requests 32 --rounds 3
+
+Issue #23's figure (`--requests 16 --tokens 48 --concurrency 8 --rounds 3`, measured under heavy
+load from other processes, load average 15–25 on 2 cores): medians 0.146 requests/s with the
+middleware, 0.124 without (rounds ranged 0.12–0.25 in both arms): no cost above the noise.
 """
 
 from __future__ import annotations
