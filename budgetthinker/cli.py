@@ -333,7 +333,8 @@ COMMANDS = {
     "serve": (
         _serve.add_serve_args,
         _serve.run_serve,
-        "vLLM's OpenAI-compatible server on a prepared model, budgets via vllm_xargs",
+        "vLLM's OpenAI-compatible server on a prepared model; budgets from vllm_xargs, "
+        "thinking_token_budget, reasoning_effort or a server default",
     ),
 }
 

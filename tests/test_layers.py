@@ -18,6 +18,7 @@ PACKAGE = REPO / "budgetthinker"
 # Tests about several rooms at once, named for what they check rather than for one module.
 CROSS_CUTTING = {
     "tests/test_cross_engine.py": "transformers and vLLM force the same tokens",
+    "tests/test_cross_engine_soft.py": "each engine adapter follows the soft ending",
     "tests/test_faults.py": "kill/crash/resume faults across the stages",
     "tests/test_layers.py": "this file",
     "tests/test_docs.py": "the manual builds and names every module",

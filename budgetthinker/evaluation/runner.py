@@ -12,6 +12,7 @@ comparison report are written from everything in the results file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import platform
 import sys
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from budgetthinker.config import to_dict
 from budgetthinker.control_spec import ControlSpec, has_spec, load_spec
-from budgetthinker.delimiters import Delimiters, detect
+from budgetthinker.delimiters import Delimiters, boundary_token_ids, detect
 from budgetthinker.errors import UserError
 from budgetthinker.evaluation.config import EvalConfig
 from budgetthinker.evaluation.datasets import Problem, load_problems
@@ -261,11 +262,19 @@ class ChunkRun:
             for r, o, t, g in zip(chunk, outcomes, texts, grades, strict=True)
         ]
 
+    @functools.cached_property
+    def boundaries(self) -> frozenset[int]:
+        """The soft ending's boundary tokens, to replay a `grace` plan over an output."""
+        return boundary_token_ids(self.tokenizer)
+
     def analysis(self, outcome: Outcome) -> tuple[Analysis, int, bool | None]:
         """What one outcome's output holds (control tokens, thinking), and its thinking length
         and whether thinking ended by itself: the method's own account where it has one, else
         the forcing machine's replay over the output."""
-        plan = outcome.settings.plan(self.spec) if outcome.settings is not None else None
+        settings = outcome.settings
+        boundaries = self.boundaries if settings is not None and settings.grace is not None \
+            else frozenset()  # fmt: skip
+        plan = settings.plan(self.spec, boundaries) if settings is not None else None
         info = analyse(outcome.output_ids, self.spec, plan, self.delimiters.end_ids)
         thinking = info.thinking_tokens if outcome.thinking_tokens is None \
             else outcome.thinking_tokens  # fmt: skip
