@@ -175,7 +175,7 @@ def with_append(code: str, extra: str | None) -> str:
 def run_code(block: Block, copy: Path, code: str | None = None, timeout: float | None = None):
     """Run a block's code (or `code`) in the copy; return the finished process."""
     code = code if code is not None else with_append(block.code, block.options.get("append"))
-    timeout = timeout or float(block.options.get("timeout", 900))
+    timeout = timeout or float(block.options.get("timeout", 1800))  # a hang guard, not a timing
     if block.lang == "python":
         first = code.splitlines()[0] if code.strip() else ""
         m = re.match(r"#\s*(\w+\.py)\s*$", first)
