@@ -102,9 +102,7 @@ def blocks_of(page: Path) -> list[Block]:
         if note:
             block.options = parse_note(note.group(1))
         if lang == "" and found and found[-1].lang in RUNNABLE and found[-1].output is None:
-            between = lines[found[-1].line + found[-1].code.count("\n") : start]
-            if len([t for t in between if t.strip()]) <= 4:  # a sentence between at most
-                found[-1].output = code
+            found[-1].output = code  # the plain block after a runnable one: what it printed
         found.append(block)
         i = j + 1
     return found
