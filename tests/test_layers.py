@@ -22,6 +22,7 @@ CROSS_CUTTING = {
     "tests/test_faults.py": "kill/crash/resume faults across the stages",
     "tests/test_layers.py": "this file",
     "tests/test_docs.py": "the manual builds and names every module",
+    "tests/test_docs_blocks.py": "every block of the README and docs/ runs as written",
     "tests/evaluation/test_conformance.py": "the grader against other projects' cases",
     "tests/evaluation/methods/test_custom_method.py": "the methods package's plugin API",
 }

@@ -65,8 +65,11 @@ class Request:
                 self.problem.id, self.sample)  # fmt: skip
 
 
-def check_setup(cfg: EvalConfig, spec: ControlSpec | None, model_dir: str) -> list[Method]:
-    """Every mistake that can be found before loading a model, with its fix."""
+def check_setup(
+    cfg: EvalConfig, spec: ControlSpec | None, model_dir: str, devices: bool = True
+) -> list[Method]:
+    """Every mistake that can be found before loading a model, with its fix (`devices=False`:
+    not the GPUs this machine has, for a dry run of a GPU recipe on a CPU machine)."""
     methods = get_methods(cfg.methods)
     if spec is None:
         needing = [m.display_name for m in methods if m.needs_control_tokens]
@@ -88,10 +91,26 @@ def check_setup(cfg: EvalConfig, spec: ControlSpec | None, model_dir: str) -> li
             total = method.max_total_tokens(budget, cfg.max_new_tokens, spec, cfg.two_stage)
             fix = "use smaller budgets=[…] or max_new_tokens=…"
             check_fits(model_dir, total, f"budget {budget}: {total} new tokens", fix)
-    if cfg.backend == "vllm":
+    if cfg.backend == "vllm" and devices:
         require_vllm()
         cfg.engine.check_devices()  # before anything is written
     return methods
+
+
+def dry_run(cfg: EvalConfig) -> str:
+    """What `budgetthinker eval --dry-run` prints: every check that needs no model weights and
+    no GPU (recipe, model folder and spec, methods and budgets, the problems), writing nothing."""
+    model_dir = str(resolve_model(cfg.model))
+    spec = load_spec(model_dir) if has_spec(model_dir) else None
+    methods = check_setup(cfg, spec, model_dir, devices=False)
+    problems = load_problems(cfg.data)
+    total = len(problems) * len(methods) * len(cfg.budgets) * cfg.sampling.n
+    where = user_path(cfg.output_dir) / cfg.experiment
+    return (
+        f"dry run: {cfg.experiment}: {total} samples ({len(problems)} problems × {len(methods)} "
+        f"methods [{', '.join(m.display_name for m in methods)}] × budgets {cfg.budgets} × "
+        f"{cfg.sampling.n}) of {model_dir} on {cfg.backend} → {where}; nothing written"
+    )
 
 
 def run_eval(cfg: EvalConfig, backend=None) -> Path:

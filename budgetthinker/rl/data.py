@@ -78,17 +78,19 @@ def load_split(cfg: RLDataConfig, split: str = "train", prefix: str = "data.") -
             for p in synthetic_problems(syn.n, seed=syn.seed, num_steps=syn.steps)
         ]
     else:
-        rows = [r for f in files for r in read_file(f, cfg.problem_key, cfg.answer_key)]
+        rows = [r for f in files for r in read_file(f, cfg.problem_key, cfg.answer_key, key)]
     return rows[: cfg.limit] if cfg.limit is not None else rows
 
 
 def read_file(
-    path: str, problem_key: str = "problem", answer_key: str = "answer"
+    path: str, problem_key: str = "problem", answer_key: str = "answer", key: str = ""
 ) -> list[RLProblem]:
-    """Rows of one parquet or JSONL file; a missing column or empty value is a `UserError`."""
+    """Rows of one parquet or JSONL file; a missing column or empty value is a `UserError`.
+    `key` is the recipe key that named the file (verl's sit under `budgetthinker.data.`)."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"RL data file {path} does not exist; set data.train_files / val_files")
+        where = key or "data.train_files / data.val_files"
+        raise UserError(f"RL data file {path} does not exist; fix {where} (see docs/data.md)")
     if p.suffix == ".parquet":
         import pyarrow.parquet as pq
 

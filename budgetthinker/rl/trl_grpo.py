@@ -234,16 +234,10 @@ def _spec_callback(spec_file: Path):
     return KeepSpec()
 
 
-def train(cfg: RLConfig) -> dict[str, Any]:
-    """Run GRPO with TRL; returns a summary (per-step reward and wall time, output folder)."""
-    require_trl()
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    import torch
-    from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    from budgetthinker.preparation.models import load_causal_lm, load_tokenizer, resolve_model
+def check(cfg: RLConfig) -> tuple[str, Any, list, list]:
+    """Everything `train` checks before loading a model (what `--dry-run` runs; it writes
+    nothing): the model's spec, every curriculum budget against its mode, the problems."""
+    from budgetthinker.preparation.models import resolve_model
 
     model_dir = str(resolve_model(cfg.model, prepared=True))
     spec = load_spec(model_dir)
@@ -256,6 +250,21 @@ def train(cfg: RLConfig) -> dict[str, Any]:
             f"{len(train_rows)} training problems are fewer than trainer.rollout_batch_size "
             f"{cfg.trainer.rollout_batch_size}"
         )
+    return model_dir, spec, train_rows, val_rows
+
+
+def train(cfg: RLConfig) -> dict[str, Any]:
+    """Run GRPO with TRL; returns a summary (per-step reward and wall time, output folder)."""
+    require_trl()
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from budgetthinker.preparation.models import load_causal_lm, load_tokenizer
+
+    model_dir, spec, train_rows, val_rows = check(cfg)
     out_dir = cfg.run_dir
     tokenizer = load_tokenizer(model_dir)
     tokenizer.padding_side = "left"

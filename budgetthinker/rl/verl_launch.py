@@ -18,7 +18,8 @@ forcing switches) that verl ignores. The launcher:
    docs/stages/rl.md), with TensorBoard logs in `runs/<experiment>/tensorboard` unless
    `TENSORBOARD_DIR` is set.
 
-`--dry-run` stops after step 3 and prints the verl command: everything but training runs on CPU.
+`--dry-run` runs steps 1–3 in a temporary folder and prints the verl command: everything but
+training runs on CPU, and nothing is written to the run folder.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -175,8 +177,9 @@ class Prepared:
     config: Any = None
 
 
-def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
-    """Steps 1–3 of the module docstring; nothing GPU-bound."""
+def prepare(recipe: Path, user_overrides: list[str], scratch: Path | None = None) -> Prepared:
+    """Steps 1–3 of the module docstring; nothing GPU-bound. With `scratch` (a dry run) the data
+    and the resolved config are written there instead of the run folder, which stays untouched."""
     from omegaconf import OmegaConf
 
     check_moved_keys(list(user_overrides))
@@ -218,13 +221,14 @@ def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
             "train",
         )
     run_dir = Path(bt.output_dir) / bt.experiment
+    written = scratch if scratch is not None else run_dir
     from verl.utils import hf_tokenizer
 
     tokenizer = hf_tokenizer(model, trust_remote_code=bool(cfg.data.get("trust_remote_code")))
     chat_kwargs = OmegaConf.select(cfg, "data.apply_chat_template_kwargs", default=None)
     chat_kwargs = OmegaConf.to_container(chat_kwargs) if chat_kwargs else {}
     data = write_verl_data(
-        run_dir / "data",
+        written / "data",
         train,
         val,
         Curriculum(bt.curriculum),
@@ -254,8 +258,8 @@ def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
     final = overrides + launch
     resolved = compose(recipe, final)
     _validate(resolved)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_text(run_dir / "verl_config.yaml", OmegaConf.to_yaml(resolved))
+    written.mkdir(parents=True, exist_ok=True)
+    atomic_text(written / "verl_config.yaml", OmegaConf.to_yaml(resolved))
     command = [
         sys.executable,
         "-m",
@@ -283,12 +287,29 @@ def _validate(cfg: Any) -> None:
 
 
 def run(recipe: Path, user_overrides: list[str], dry_run: bool = False) -> int:
+    """Prepare and start verl; a dry run checks everything in a temporary folder, prints the
+    command (with the run folder's paths) and writes nothing."""
     require_verl()
-    prepared = prepare(recipe, user_overrides)
+    if not dry_run:
+        return _launch(prepare(recipe, user_overrides))
+    with tempfile.TemporaryDirectory(prefix="budgetthinker-dry-run-") as scratch:
+        prepared = prepare(recipe, user_overrides, scratch=Path(scratch))
+        _summarise(prepared, Path(scratch), "would write")
+        real = str(prepared.run_dir.resolve())
+        command = [part.replace(str(Path(scratch).resolve()), real) for part in prepared.command]
+        tensorboard = os.environ.get("TENSORBOARD_DIR") or str(Path(real) / "tensorboard")
+        print(shlex.join(["env", f"TENSORBOARD_DIR={tensorboard}", *command]))
+        print(f"[rl] dry run: nothing written to {prepared.run_dir}", file=sys.stderr)
+    return 0
+
+
+def _summarise(prepared: Prepared, written: Path, verb: str) -> None:
+    """The curriculum and config lines, with the run folder's paths (also in a dry run)."""
     data = prepared.data
+    train_file = prepared.run_dir / data.train_file.resolve().relative_to(written.resolve())
     print(
         f"[rl] curriculum stream: {data.total_steps} steps ({data.steps_per_epoch} per epoch) "
-        f"→ {data.train_file}",
+        f"→ {train_file}",
         file=sys.stderr,
     )
     for line in epoch_summary(data.budgets, data.steps_per_epoch):
@@ -299,15 +320,19 @@ def run(recipe: Path, user_overrides: list[str], dry_run: bool = False) -> int:
             "problems whose prompt is longer than data.max_prompt_length tokens",
             file=sys.stderr,
         )
-    print(f"[rl] resolved verl config → {prepared.run_dir / 'verl_config.yaml'}", file=sys.stderr)
+    print(
+        f"[rl] resolved verl config {verb} {prepared.run_dir / 'verl_config.yaml'}", file=sys.stderr
+    )
+
+
+def _launch(prepared: Prepared) -> int:
+    """Replace this process with verl's trainer."""
+    _summarise(prepared, prepared.run_dir, "→")
     # verl's TensorBoard logger writes here (its default is ./tensorboard_log/…); the original
     # launch script set TENSORBOARD_DIR per experiment too.
     tensorboard = os.environ.get("TENSORBOARD_DIR") or str(
         prepared.run_dir.resolve() / "tensorboard"
     )
-    if dry_run:
-        print(shlex.join(["env", f"TENSORBOARD_DIR={tensorboard}", *prepared.command]))
-        return 0
     os.environ["TENSORBOARD_DIR"] = tensorboard
     sys.stdout.flush()
     sys.stderr.flush()

@@ -132,10 +132,21 @@ def test_dry_run_prints_the_verl_command(tmp_path, capsys):
     assert f"trainer.save_freq={SMALL // BATCH}" in command
     assert f'hydra.run.dir="{tmp_path / "8ratio_v1" / "hydra"}"' in command
     run = tmp_path / "8ratio_v1"
+    # the command names the run folder's files, but a dry run writes none of them
+    assert f"data.train_files=[\"{run.resolve() / 'data' / 'train.parquet'}\"]" in command
+    assert not run.exists() and sorted(tmp_path.iterdir()) == []
+    assert f"curriculum stream: {SMALL // BATCH * 8} steps" in captured.err
+    assert "nothing written" in captured.err
+
+
+def test_prepare_writes_the_data_and_the_resolved_config(tmp_path):
+    prepared = prepare(RECIPE, small_run(tmp_path))
+    run = tmp_path / "8ratio_v1"
     assert (run / "data" / "train.parquet").is_file() and (run / "data" / "val.parquet").is_file()
     resolved = OmegaConf.load(run / "verl_config.yaml")
     assert resolved.data.shuffle is False
     assert resolved.actor_rollout_ref.rollout.agent.agent_loop_config_path == str(AGENT_LOOPS_FILE)
+    assert prepared.run_dir == run
 
 
 def test_verl_dataset_yields_the_curriculum_prompts(tmp_path, tokenizer, spec):
