@@ -303,7 +303,7 @@ def test_reasoning_gym_problems_and_report_to(tmp_path):
     reasoning_gym = pytest.importorskip("reasoning_gym")
     gym = ["budgetthinker.data.train_files=[rg:basic_arithmetic]",
            "budgetthinker.data.val_files=[rg:basic_arithmetic]",
-           f"budgetthinker.data.rg={{basic_arithmetic: {{size: {SMALL}, level: 0}}}}",
+           f"+budgetthinker.data.rg.basic_arithmetic={{size: {SMALL}, level: 0}}",
            "budgetthinker.report_to=[tensorboard,wandb]"]  # fmt: skip
     prepared = prepare(RECIPE, [*small_run(tmp_path), *gym])
     assert list(prepared.config.trainer.logger) == ["console", "tensorboard", "wandb"]
