@@ -148,7 +148,9 @@ def _wandb(out_dir: Path, points, images: list[Path], name: str, config) -> Path
             "report_to=wandb needs the wandb package: pip install -e '.[tracking]' (bash "
             "scripts/setup_env.sh installs it); set WANDB_MODE=offline to log without an account"
         ) from None
-    folder = Path(os.environ.get("WANDB_DIR") or out_dir)
+    # the run's folder, unless the user chose one (a training stage earlier in this process
+    # may have pointed WANDB_DIR at its own folder)
+    folder = Path(os.environ["WANDB_DIR"]) if "WANDB_DIR" in _USER_SET else out_dir
     folder.mkdir(parents=True, exist_ok=True)
     run = wandb.init(
         project=os.environ.get("WANDB_PROJECT", WANDB_PROJECT),
