@@ -139,26 +139,29 @@ def verifier_section(records: Sequence[dict]) -> list[str]:
     checked = [r for r in records if "verifier_correct" in r]
     if not checked:
         return []
+    def method(r: dict) -> str:  # runs compared by `budgetthinker report` are never pooled
+        return f"{r['run']}: {r.get('method')}" if "run" in r else str(r.get("method"))
+
     groups: dict[tuple, list[dict]] = {}
     for r in checked:
-        groups.setdefault((r.get("method"), r.get("benchmark"), r.get("budget")), []).append(r)
+        groups.setdefault((method(r), r.get("benchmark"), r.get("budget")), []).append(r)
     differ = [r for r in checked if bool(r["verifier_correct"]) != bool(r.get("correct"))]
     md = ["## Verifier agreement (reasoning-gym's score_answer vs our grader)", "",
           f"{len(differ)} of {len(checked)} samples disagree." if differ else
           f"All {len(checked)} samples agree.", "",
           "| method | benchmark | budget | n | acc (grader) | acc (verifier) | disagree |",
           "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for (method, benchmark, budget), rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    for (label, benchmark, budget), rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
         ours = sum(bool(r.get("correct")) for r in rs) / len(rs)
         theirs = sum(bool(r["verifier_correct"]) for r in rs) / len(rs)
         n_differ = sum(bool(r["verifier_correct"]) != bool(r.get("correct")) for r in rs)
-        md.append(f"| {method} | {benchmark} | {budget} | {len(rs)} | {ours:.1%} | "
+        md.append(f"| {label} | {benchmark} | {budget} | {len(rs)} | {ours:.1%} | "
                   f"{theirs:.1%} | {n_differ} |")  # fmt: skip
     if differ:
         md += ["", "| method | benchmark | budget | problem | gold | predicted | grader | "
                "verifier score |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in differ[:20]:
-            md.append(f"| {r.get('method')} | {r.get('benchmark')} | {r.get('budget')} | "
+            md.append(f"| {method(r)} | {r.get('benchmark')} | {r.get('budget')} | "
                       f"{r.get('problem_id')} | {_md(r.get('gold'))} | {_md(r.get('predicted'))} "
                       f"| {'correct' if r.get('correct') else 'wrong'} | "
                       f"{r['verifier_score']:.2f} |")  # fmt: skip

@@ -143,3 +143,9 @@ def test_the_report_lists_disagreements():
     assert "| control | rg:basic_arithmetic | 16 | 2 | 100.0% | 50.0% | 1 |" in md
     assert "| b | 3 | (3) \\|x | correct | 0.25 |" in md
     assert verifier_section(records[2:]) == []
+    # runs compared by `budgetthinker report` stay apart
+    two = [{**r, "run": run} for run in ("base", "sft") for r in records]
+    md = "\n".join(verifier_section(two))
+    assert "2 of 4 samples disagree." in md
+    assert "| base: control | rg:basic_arithmetic | 16 | 2 |" in md
+    assert "| sft: control | rg:basic_arithmetic | 16 | 2 |" in md
