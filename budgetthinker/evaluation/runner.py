@@ -32,7 +32,14 @@ from budgetthinker.evaluation.datasets import Problem, load_problems
 from budgetthinker.evaluation.methods import Method, Outcome, SampleContext, get_methods
 from budgetthinker.evaluation.methods.prompting import check_two_stage
 from budgetthinker.evaluation.results import ResultsFile
-from budgetthinker.generation import GenResult, analyse, eos_token_ids, require_vllm, sample_seed
+from budgetthinker.generation import (
+    Analysis,
+    GenResult,
+    analyse,
+    eos_token_ids,
+    require_vllm,
+    sample_seed,
+)
 from budgetthinker.limits import check_fits
 from budgetthinker.outputs import FolderLock, atomic_json, atomic_text, experiment_dir, user_path
 from budgetthinker.patches.backends import make_backend
@@ -257,14 +264,21 @@ class ChunkRun:
             for r, o, t, g in zip(chunk, outcomes, texts, grades, strict=True)
         ]
 
-    def record(self, request: Request, outcome: Outcome, text: str, grade, seconds) -> dict:
-        cfg = self.cfg
+    def analysis(self, outcome: Outcome) -> tuple[Analysis, int, bool | None]:
+        """What one outcome's output holds (control tokens, thinking), and its thinking length
+        and whether thinking ended by itself: the method's own account where it has one, else
+        the forcing machine's replay over the output."""
         plan = outcome.settings.plan(self.spec) if outcome.settings is not None else None
         info = analyse(outcome.output_ids, self.spec, plan, self.delimiters.end_ids)
         thinking = info.thinking_tokens if outcome.thinking_tokens is None \
             else outcome.thinking_tokens  # fmt: skip
         finished = info.finished_thinking if outcome.finished_thinking is None \
             else outcome.finished_thinking  # fmt: skip
+        return info, thinking, finished
+
+    def record(self, request: Request, outcome: Outcome, text: str, grade, seconds) -> dict:
+        cfg = self.cfg
+        info, thinking, finished = self.analysis(outcome)
         return {
             "model": cfg.model,
             "backend": cfg.backend,
@@ -354,30 +368,40 @@ def _advance(episode, result):
 
 
 def _pending_requests(cfg, methods, problems, tokenizer, spec, done) -> list[Request]:
-    mode = spec.parsed_mode if spec is not None else None
     pending = []
     for method in methods:
         for budget in cfg.budgets:
-            prompts = {}
-            for problem in problems:
-                text = method.prompt(tokenizer, problem.question, budget, mode, problem.system_line)
-                prompts[problem.benchmark, problem.id] = tokenizer.encode(
-                    text, add_special_tokens=False
-                )
-            longest: dict[str, int] = {}
-            for (benchmark, _), ids in prompts.items():
-                longest[benchmark] = max(longest.get(benchmark, 0), len(ids))
+            wanted = []
             for problem in problems:
                 for sample in range(cfg.sampling.n):
                     key = (cfg.model, cfg.backend, method.display_name, cfg.two_stage,
                            problem.benchmark, budget, problem.id, sample)  # fmt: skip
-                    if key in done:
-                        continue
-                    pending.append(Request(
-                        method, problem, budget, sample, prompts[problem.benchmark, problem.id],
-                        longest[problem.benchmark],
-                    ))  # fmt: skip
+                    if key not in done:
+                        wanted.append((problem, sample))
+            pending += sample_requests(method, budget, problems, wanted, tokenizer, spec)
     return pending
+
+
+def sample_requests(
+    method: Method, budget: int, problems: list[Problem], wanted: list[tuple[Problem, int]],
+    tokenizer, spec: ControlSpec | None,
+) -> list[Request]:  # fmt: skip
+    """The requests for `wanted` (problem, sample index) pairs of one method and budget: each
+    problem's prompt rendered by the method once, and the longest prompt of each benchmark
+    among `problems` (s1's `auto` budget), whether or not its samples are wanted."""
+    mode = spec.parsed_mode if spec is not None else None
+    prompts = {}
+    for problem in problems:
+        text = method.prompt(tokenizer, problem.question, budget, mode, problem.system_line)
+        prompts[problem.benchmark, problem.id] = tokenizer.encode(text, add_special_tokens=False)
+    longest: dict[str, int] = {}
+    for (benchmark, _), ids in prompts.items():
+        longest[benchmark] = max(longest.get(benchmark, 0), len(ids))
+    return [
+        Request(method, problem, budget, sample, prompts[problem.benchmark, problem.id],
+                longest[problem.benchmark])
+        for problem, sample in wanted
+    ]  # fmt: skip
 
 
 def _chunks(pending: list[Request], cfg: EvalConfig):
@@ -406,8 +430,14 @@ def _make_backend(cfg: EvalConfig, model_dir: str, pending: list[Request], spec)
         ),
         default=None,
     )
+    return start_backend(cfg, model_dir, cfg.max_model_len or longest)
+
+
+def start_backend(cfg: EvalConfig, model_dir: str, max_model_len: int | None):
+    """The recipe's backend on `model_dir` (`max_model_len`: the vLLM context; None: the
+    model's own)."""
     return make_backend(
-        cfg.backend, model_dir, seed=cfg.sampling.seed, max_model_len=cfg.max_model_len or longest,
+        cfg.backend, model_dir, seed=cfg.sampling.seed, max_model_len=max_model_len,
         endpoint=cfg.endpoint, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
         request_timeout=cfg.request_timeout, retries=cfg.retries,
         vllm_kwargs=cfg.engine.vllm_kwargs(),
