@@ -51,8 +51,10 @@ def check_report_to(value: str | Sequence[str] | None, key: str = "report_to") -
 
 
 def hf_report_to(value: str | Sequence[str] | None, key: str = "report_to") -> list[str] | str:
-    """The value for transformers' `report_to` (TRL, LLaMA-Factory): the trackers, or `none`."""
-    return check_report_to(value, key) or "none"
+    """The value for transformers' `report_to` (TRL, LLaMA-Factory): `none`, the one tracker's
+    name, or the list of them (transformers reads a string as one name, never a comma list)."""
+    names = check_report_to(value, key)
+    return "none" if not names else names[0] if len(names) == 1 else names
 
 
 def verl_loggers(value: str | Sequence[str] | None, key: str = "report_to") -> list[str]:

@@ -22,7 +22,8 @@ from tests.evaluation.tracked import tensorboard_tags, wandb_run
 def test_values_and_the_one_line_error():
     assert check_report_to("none") == [] and check_report_to(None) == []
     assert check_report_to("tensorboard,wandb") == ["tensorboard", "wandb"]
-    assert hf_report_to("none") == "none" and hf_report_to("wandb") == ["wandb"]
+    assert hf_report_to("none") == "none" and hf_report_to("wandb") == "wandb"
+    assert hf_report_to("wandb,tensorboard") == ["wandb", "tensorboard"]
     assert verl_loggers("tensorboard") == ["console", "tensorboard"]
     assert verl_loggers("none") == ["console"]
     for bad, needle in [("mlflow", "'mlflow'"), ("none,wandb", "'none' cannot")]:
