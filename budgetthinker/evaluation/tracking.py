@@ -79,6 +79,16 @@ def log_dirs(run_dir: str | os.PathLike) -> None:
     os.environ.setdefault("WANDB_PROJECT", WANDB_PROJECT)
 
 
+def finish_runs() -> None:
+    """Close a W&B run a training host left open (transformers' callback does not finish it), so
+    that its files are complete when the stage returns and a later stage starts its own run."""
+    import sys
+
+    wandb = sys.modules.get("wandb")  # never imported: nothing was logged to W&B
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish()
+
+
 def log_eval(
     report_to: str | Sequence[str] | None,
     out_dir: Path,

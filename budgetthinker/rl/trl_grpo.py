@@ -35,7 +35,7 @@ from budgetthinker.control_spec import (
     load_spec,
 )
 from budgetthinker.errors import UserError
-from budgetthinker.evaluation.tracking import hf_report_to, log_dirs
+from budgetthinker.evaluation.tracking import finish_runs, hf_report_to, log_dirs
 from budgetthinker.forcing import make_plan, thinking_cap
 from budgetthinker.prompts import chat_prompt
 from budgetthinker.rl.budget_rollout import (
@@ -332,7 +332,10 @@ def train(cfg: RLConfig) -> dict[str, Any]:
         rollout_func=rollout,
         callbacks=[_spec_callback(Path(model_dir) / SPEC_FILENAME), StepLog()],
     )
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        finish_runs()  # the W&B run is complete when `budgetthinker rl` returns
     final = out_dir / "final"
     trainer.save_model(str(final))
     tokenizer.save_pretrained(str(final))

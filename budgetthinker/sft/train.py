@@ -45,7 +45,7 @@ from budgetthinker.config import (
 )
 from budgetthinker.control_spec import SPEC_FILENAME
 from budgetthinker.errors import UserError
-from budgetthinker.evaluation.tracking import hf_report_to, log_dirs
+from budgetthinker.evaluation.tracking import finish_runs, hf_report_to, log_dirs
 from budgetthinker.outputs import atomic_json, atomic_text, user_path
 from budgetthinker.preparation.models import resolve_model
 from budgetthinker.sft.loss import parse_special_token_loss
@@ -315,7 +315,10 @@ def run_sft(config: str | os.PathLike, overrides: list[str] = ()) -> list[Path]:
         else:
             from budgetthinker.sft.worker import run
 
-            run(path)
+            try:
+                run(path)
+            finally:
+                finish_runs()  # a W&B run of this stage is complete before the next one starts
         print(
             f"[budgetthinker] SFT run {i + 1} done in {time.perf_counter() - start:.1f} s",
             flush=True,
