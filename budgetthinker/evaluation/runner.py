@@ -189,8 +189,11 @@ def _run_locked(cfg, backend, model_dir, spec, methods, problems, out_dir: Path,
                     backend.close()
 
     from budgetthinker.evaluation.comparison import write_report
+    from budgetthinker.evaluation.tracking import log_eval
 
     write_report(out_dir, results.records)
+    for folder in log_eval(cfg.report_to, out_dir, results.records, cfg.experiment, to_dict(cfg)):
+        print(f"[eval] logged to {folder}", file=sys.stderr)
     return out_dir
 
 
@@ -277,7 +280,7 @@ class ChunkRun:
             for t, r in zip(graded, chunk, strict=True)
         ])  # fmt: skip
         return [
-            self.record(r, o, t, g, seconds)
+            {**self.record(r, o, t, g, seconds), **verifier_fields(r.problem, g.predicted)}
             for r, o, t, g in zip(chunk, outcomes, texts, grades, strict=True)
         ]
 
@@ -333,6 +336,15 @@ class ChunkRun:
             **({} if outcome.graded_text is None else {"graded_text": outcome.graded_text,
                                                        "graded_as": outcome.graded_as}),
         }  # fmt: skip
+
+
+def verifier_fields(problem: Problem, predicted: str | None) -> dict:
+    """The benchmark's own verdict on our extracted answer (reasoning-gym's `score_answer`),
+    recorded beside our grader's `correct`; nothing for benchmarks without a verifier."""
+    if problem.verify is None:
+        return {}
+    score = problem.verify(predicted)
+    return {"verifier": "reasoning_gym", "verifier_score": score, "verifier_correct": score >= 1.0}
 
 
 def run_episodes(
@@ -478,6 +490,8 @@ def _fingerprint(cfg: EvalConfig) -> dict:
         "max_new_tokens": cfg.max_new_tokens,
         "data": to_dict(cfg.data),
     }
+    if not cfg.data.rg:  # runs made before reasoning-gym tasks existed still match
+        del found["data"]["rg"]
     if cfg.compat:
         found["compat"] = sorted(cfg.compat)
     if not cfg.stop_at_think_end:

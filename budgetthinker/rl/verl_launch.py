@@ -15,8 +15,9 @@ forcing switches) that verl ignores. The launcher:
    `trainer.save_freq` to one curriculum epoch unless given; checks the result with verl's own
    `validate_config`; writes the resolved config next to the data;
 4. replaces itself with `python -m verl.trainer.main_ppo …` (Ray: one node or many, see
-   docs/stages/rl.md), with TensorBoard logs in `runs/<experiment>/tensorboard` unless
-   `TENSORBOARD_DIR` is set.
+   docs/stages/rl.md), logging to `budgetthinker.report_to` (verl's `trainer.logger`): TensorBoard
+   in `runs/<experiment>/tensorboard` unless `TENSORBOARD_DIR` is set, W&B under
+   `runs/<experiment>/wandb` unless `WANDB_DIR` is set.
 
 `--dry-run` runs steps 1–3 in a temporary folder and prints the verl command: everything but
 training runs on CPU, and nothing is written to the run folder.
@@ -38,6 +39,7 @@ from budgetthinker import aliases
 from budgetthinker.config import build, check_compat
 from budgetthinker.control_spec import load_spec
 from budgetthinker.errors import UserError
+from budgetthinker.evaluation.tracking import WANDB_PROJECT, check_report_to, verl_loggers
 from budgetthinker.outputs import atomic_text, plain_name
 from budgetthinker.preparation.models import DEFAULT, resolve_model
 from budgetthinker.rl.config import BudgetRolloutConfig
@@ -72,6 +74,10 @@ class VerlRecipe:
             validation_two_stage, two_stage_answer_tokens, two_stage_request).
         compat (`list[str]`): `[seed]` switches every rollout improvement back to the original
             (and the reward to the original answer rule).
+        report_to (`str`): `none`, `tensorboard` or `wandb` (`tensorboard,wandb` for both),
+            handed to verl's `trainer.logger` (with `console`, always); logs go to
+            `runs/<experiment>/tensorboard` and `runs/<experiment>/wandb` unless
+            `TENSORBOARD_DIR` / `WANDB_DIR` say otherwise.
     """
 
     experiment: str = "8ratio_v1"
@@ -81,8 +87,10 @@ class VerlRecipe:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     rollout: BudgetRolloutConfig = field(default_factory=BudgetRolloutConfig)
     compat: list[str] = field(default_factory=list)
+    report_to: str | list[str] = "tensorboard"
 
     def __post_init__(self) -> None:
+        check_report_to(self.report_to, "budgetthinker.report_to")
         self.compat = check_compat(self.compat, ("seed",), "budgetthinker.compat")
         self.rollout.apply_compat(self.compat)
         plain_name(self.experiment, "experiment")  # it becomes <output_dir>/<experiment>/
@@ -183,6 +191,11 @@ def prepare(recipe: Path, user_overrides: list[str], scratch: Path | None = None
     from omegaconf import OmegaConf
 
     check_moved_keys(list(user_overrides))
+    if any(o.lstrip("+~").startswith("trainer.logger=") for o in user_overrides):
+        raise UserError(
+            "set the loggers with budgetthinker.report_to=none|tensorboard|wandb (it becomes "
+            "verl's trainer.logger, with console), not trainer.logger"
+        )
     overrides = alias_overrides() + list(user_overrides)
     cfg = compose(recipe, overrides)
     if "budgetthinker" not in cfg:
@@ -247,6 +260,7 @@ def prepare(recipe: Path, user_overrides: list[str], scratch: Path | None = None
         # overlong prompts are already out of the stream; a row verl dropped would shift batches
         "data.filter_overlong_prompts=false",
         f"actor_rollout_ref.rollout.agent.agent_loop_config_path={_quote(str(AGENT_LOOPS_FILE))}",
+        f"trainer.logger=[{','.join(verl_loggers(bt.report_to, 'budgetthinker.report_to'))}]",
     ]
     if "seed" in bt.compat:  # every rollout switch back to the original, read by the agent loop
         launch += [f"budgetthinker.rollout.{key}={value}" for key, value in SEED_ROLLOUT.items()]
@@ -298,7 +312,9 @@ def run(recipe: Path, user_overrides: list[str], dry_run: bool = False) -> int:
         real = str(prepared.run_dir.resolve())
         command = [part.replace(str(Path(scratch).resolve()), real) for part in prepared.command]
         tensorboard = os.environ.get("TENSORBOARD_DIR") or str(Path(real) / "tensorboard")
-        print(shlex.join(["env", f"TENSORBOARD_DIR={tensorboard}", *command]))
+        wandb = os.environ.get("WANDB_DIR") or real
+        env = [f"TENSORBOARD_DIR={tensorboard}", f"WANDB_DIR={wandb}"]
+        print(shlex.join(["env", *env, *command]))
         print(f"[rl] dry run: nothing written to {prepared.run_dir}", file=sys.stderr)
     return 0
 
@@ -333,7 +349,10 @@ def _launch(prepared: Prepared) -> int:
     tensorboard = os.environ.get("TENSORBOARD_DIR") or str(
         prepared.run_dir.resolve() / "tensorboard"
     )
+    wandb = os.environ.get("WANDB_DIR") or str(prepared.run_dir.resolve())
     os.environ["TENSORBOARD_DIR"] = tensorboard
+    os.environ["WANDB_DIR"] = wandb
+    os.environ.setdefault("WANDB_PROJECT", WANDB_PROJECT)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(prepared.command[0], prepared.command)
