@@ -30,12 +30,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
-from bench_forcing_gpu import QWEN2_1P5B, spec_for_1p5b  # noqa: E402
-
-TINY_QWEN2 = dict(
-    QWEN2_1P5B, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=2,
-)  # fmt: skip
+from bench_forcing_gpu import QWEN2_1P5B, TINY_QWEN2, spec_for_1p5b  # noqa: E402
 
 
 def importable_from_source() -> None:
@@ -257,8 +252,15 @@ def bench_model(device, args) -> dict:
                               logits_to_keep=1)
             )  # fmt: skip
     params = sum(p.numel() for p in model.parameters())
-    kv_bytes = 2 * shape["num_hidden_layers"] * shape["num_key_value_heads"] * (
-        shape["hidden_size"] // shape["num_attention_heads"]) * 2 * args.batch * args.kv
+    kv_bytes = (
+        2
+        * shape["num_hidden_layers"]
+        * shape["num_key_value_heads"]
+        * (shape["hidden_size"] // shape["num_attention_heads"])
+        * 2
+        * args.batch
+        * args.kv
+    )
     floor_ms = (params * 2 + kv_bytes) / 4.8e12 * 1e3  # H200 HBM3e bandwidth bound
     return {"decode_step_us": clock.summary(skip=2), "model_params": params,
             "decode_floor_us_h200": round(floor_ms * 1e3, 1)}  # fmt: skip
