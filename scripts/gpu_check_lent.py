@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("gpu_check_lent: no CUDA device here; `--device cpu` smoke-tests this script")
         return 2
-    from bench_forcing_gpu import TINY_QWEN2, QWEN2_1P5B, measure, random_model, spec_for_1p5b
+    from bench_forcing_gpu import QWEN2_1P5B, TINY_QWEN2, measure, random_model, spec_for_1p5b
     from bench_v2_processor import bench_model
 
     start = time.perf_counter()
