@@ -252,15 +252,8 @@ def bench_model(device, args) -> dict:
                               logits_to_keep=1)
             )  # fmt: skip
     params = sum(p.numel() for p in model.parameters())
-    kv_bytes = (
-        2
-        * shape["num_hidden_layers"]
-        * shape["num_key_value_heads"]
-        * (shape["hidden_size"] // shape["num_attention_heads"])
-        * 2
-        * args.batch
-        * args.kv
-    )
+    kv_bytes = 2 * shape["num_hidden_layers"] * shape["num_key_value_heads"] * (
+        shape["hidden_size"] // shape["num_attention_heads"]) * 2 * args.batch * args.kv
     floor_ms = (params * 2 + kv_bytes) / 4.8e12 * 1e3  # H200 HBM3e bandwidth bound
     return {"decode_step_us": clock.summary(skip=2), "model_params": params,
             "decode_floor_us_h200": round(floor_ms * 1e3, 1)}  # fmt: skip
