@@ -168,10 +168,12 @@ def _run_locked(cfg, backend, model_dir, spec, methods, problems, out_dir: Path,
 
 def _generate_and_grade(run: ChunkRun, chunks, grader, results: ResultsFile, bar) -> None:
     """Chunk k is graded (and its records built) on a background thread while chunk k + 1
-    generates, so grading costs wall time only for the last chunk; records are appended in
-    chunk order. Only that thread touches the grader. A chunk whose grading fails stops the
+    generates, so grading costs wall time only for the last chunk; the grading workers start
+    (and import) on that thread while chunk 0 generates. Records are appended in chunk order.
+    Only that thread touches the grader. A chunk whose grading fails stops the
     run at the next chunk boundary, with its error."""
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="grading") as grading:
+        started = grading.submit(grader.start)  # workers import while chunk 0 generates
         pending: tuple[list[Request], Future] | None = None
         for chunk in chunks:
             generated = run.generate(chunk)
@@ -182,6 +184,7 @@ def _generate_and_grade(run: ChunkRun, chunks, grader, results: ResultsFile, bar
         if pending is not None:
             results.append(pending[1].result())
             bar.update(len(pending[0]))
+        started.result()  # its error, where no chunk was graded to raise it
 
 
 class Journal:
