@@ -119,8 +119,9 @@ def window_reuse(ref: Path, ratios: tuple[float, ...], args) -> dict:
     times: dict[str, list[float]] = {arm: [] for arm in arms}
     tokens: dict[str, int] = {}
     kept: dict[str, list] = {}
-    for rep in range(args.reps + 1):  # the first round warms up and is not counted
-        for arm, length in arms.items() if rep % 2 else reversed(arms.items()):
+    for rep in range(args.reps + 1):  # round 0 warms up (one short trace), not counted
+        order = list(arms.items()) if rep % 2 else list(reversed(arms.items()))
+        for arm, length in order if rep else [("one_window", size)]:
             opts = CTSOptions(ratios=ratios, scorer=args.scorer, iterative_size=size,
                               max_thinking=length)  # fmt: skip
             job = JobBuilder(scorer.tokenizer, opts).build(trace, "t")
