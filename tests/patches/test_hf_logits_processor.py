@@ -48,6 +48,7 @@ def _generate(hf_backend, prompt_ids, plans, device_side: bool, tokens: int) -> 
     return out[:, width:].tolist()
 
 
+@pytest.mark.slow
 def test_device_side_path_generates_what_the_python_path_does(hf_backend, spec, prompt_ids):
     plans = _plans(spec)
     python = _generate(hf_backend, prompt_ids, plans, False, 72)
