@@ -118,6 +118,7 @@ def window_reuse(ref: Path, ratios: tuple[float, ...], args) -> dict:
     arms = {"one_window": size, "reuse": args.thinking, "scratch": args.thinking}
     times: dict[str, list[float]] = {arm: [] for arm in arms}
     tokens: dict[str, int] = {}
+    cpu: dict[str, list[float]] = {arm: [] for arm in arms}  # process CPU s in forward passes
     kept: dict[str, list] = {}
     for rep in range(args.reps + 1):  # round 0 warms up (one short trace), not counted
         order = list(arms.items()) if rep % 2 else list(reversed(arms.items()))
@@ -126,11 +127,12 @@ def window_reuse(ref: Path, ratios: tuple[float, ...], args) -> dict:
                               max_thinking=length)  # fmt: skip
             job = JobBuilder(scorer.tokenizer, opts).build(trace, "t")
             compressor = Compressor(scorer, opts, reuse_cache=arm != "scratch")
-            before = scorer.stats.tokens
+            before, cpu_before = scorer.stats.tokens, scorer.stats.cpu_seconds
             start = time.perf_counter()
             compressor.compress([job])
             if rep:
                 times[arm].append(time.perf_counter() - start)
+                cpu[arm].append(scorer.stats.cpu_seconds - cpu_before)
             tokens[arm] = scorer.stats.tokens - before
             kept[arm] = [run.kept for run in job.runs]
     med = {arm: statistics.median(t) for arm, t in times.items()}
@@ -141,6 +143,10 @@ def window_reuse(ref: Path, ratios: tuple[float, ...], args) -> dict:
         "ratios": list(ratios),
         "reps": args.reps,
         "seconds": {arm: [round(t, 2) for t in ts] for arm, ts in times.items()},
+        "forward_cpu_seconds": {arm: [round(t, 2) for t in ts] for arm, ts in cpu.items()},
+        "cpu_reuse_over_scratch": round(
+            statistics.median(cpu["reuse"]) / statistics.median(cpu["scratch"]), 3
+        ),
         "model_tokens": tokens,
         "reuse_over_scratch": round(med["reuse"] / med["scratch"], 3),
         "scratch_over_one_window": round(med["scratch"] / med["one_window"], 3),
