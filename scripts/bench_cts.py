@@ -44,7 +44,15 @@ def main() -> None:
     parser.add_argument("--window-reuse", action="store_true", help="reuse vs from scratch")
     parser.add_argument("--thinking", type=int, default=5000, help="--window-reuse: tokens")
     parser.add_argument("--reps", type=int, default=2, help="--window-reuse: timed pairs")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch threads (0: torch's default); on a shared "
+        "CPU one thread keeps spinning OpenMP threads out of the figures",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.threads > 0:
+        import torch
+
+        torch.set_num_threads(args.threads)
     ref = default_base_dir() if args.ref_model == DEFAULT else Path(args.ref_model)
     ratios = tuple(float(r) for r in args.ratios.split(","))
     if args.window_reuse:
