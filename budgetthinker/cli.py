@@ -1,7 +1,7 @@
 """`budgetthinker` command line: one entry point, one subcommand per job.
 
 Every mistake a user can make surfaces as a `UserError`: printed as one line on stderr (no
-traceback), exit status 2, nothing written.
+traceback), exit status 2, nothing written. `grade` exits 1 when it prints `false`.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import sys
 
 from budgetthinker.errors import UserError, report_errors
 from budgetthinker.evaluation import comparison as _comparison
+from budgetthinker.evaluation import lm_eval_cli as _lm_eval
 from budgetthinker.evaluation.tale import search as _tale_search
 from budgetthinker.patches import serve as _serve
 from budgetthinker.rl import cli as _rl_cli
@@ -190,6 +191,12 @@ def add_eval_args(parser: argparse.ArgumentParser) -> None:
         help="evaluation recipe (YAML); default: configs/eval/default.yaml",
     )
     parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the recipe, model folder, methods, budgets and data, print what would run; "
+        "load no weights, write nothing (GPU recipes on a CPU machine too)",
+    )
+    parser.add_argument(
         "overrides",
         nargs="*",
         metavar="key=value",
@@ -203,6 +210,11 @@ def run_eval(args: argparse.Namespace) -> int:
     from budgetthinker.evaluation.runner import run_eval as run
 
     cfg = load_config(EvalConfig, args.config, args.overrides, aliases_of="eval")
+    if args.dry_run:
+        from budgetthinker.evaluation.runner import dry_run
+
+        print(dry_run(cfg))
+        return 0
     run(cfg)
     return 0
 
@@ -259,7 +271,7 @@ def run_grade(args: argparse.Namespace) -> int:
             if key != "correct":
                 print(f"{key}: {value!r}" if isinstance(value, str) else f"{key}: {value}")
     print("true" if correct else "false")
-    return 0
+    return 0 if correct else 1  # usable in shell tests: `budgetthinker grade A B && …`
 
 
 COMMANDS = {
@@ -287,6 +299,11 @@ COMMANDS = {
         _comparison.add_report_args,
         _comparison.run_report,
         "compare methods (and models) from finished evaluation runs: report.md and report.html",
+    ),
+    "lm-eval": (
+        _lm_eval.add_args,
+        _lm_eval.run_cli,
+        "lm-evaluation-harness's own CLI with the budgetthinker model registered",
     ),
     "cts": (
         _cts.add_cts_args,
@@ -327,16 +344,65 @@ COMMANDS = {
     "serve": (
         _serve.add_serve_args,
         _serve.run_serve,
-        "vLLM's OpenAI-compatible server on a prepared model, budgets via vllm_xargs",
+        "vLLM's OpenAI-compatible server on a prepared model; budgets from vllm_xargs, "
+        "thinking_token_budget, reasoning_effort or a server default",
     ),
 }
 
 
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Every option's default in `--help` (argparse's ArgumentDefaultsHelpFormatter, minus its
+    noise: no `(default: None)`/`False`, none where the help text already names the default)."""
+    for action in parser._actions:
+        default = action.default
+        if not action.option_strings or default is None or default is False:
+            continue
+        if default == argparse.SUPPRESS:
+            continue
+        if isinstance(action, argparse._VersionAction | argparse._HelpAction):
+            continue
+        text = action.help or ""
+        if "default" not in text.lower():
+            action.help = f"{text} (default: %(default)s)".strip()
+
+
+def _epilog(name: str) -> str | None:
+    """`eval --help` ends with every recipe key and its default, generated from the dataclasses
+    (the source of docs/configuration.md's tables too)."""
+    if name != "eval":
+        return None
+    from budgetthinker.config import keys_help
+    from budgetthinker.evaluation.config import EvalConfig
+
+    return (
+        "recipe keys (key=default; override any as key=value, lists as [a,b]; the recipe file "
+        "may set other values; reference: docs/configuration.md):\n" + keys_help(EvalConfig)
+    )
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"budgetthinker {version('budgetthinker')}"
+    except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+        return "budgetthinker (not installed: source tree)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="budgetthinker", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (add_args, _run, help_text) in COMMANDS.items():
-        add_args(sub.add_parser(name, help=help_text, description=help_text))
+        command = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=_epilog(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,  # the key list keeps its lines
+        )
+        add_args(command)
+        _show_defaults(command)
     return parser
 
 

@@ -190,6 +190,8 @@ def to_dict(obj: Any) -> Any:
         return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: to_dict(v) for k, v in obj.items()}
     return obj
 
 
@@ -226,6 +228,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if origin is dict:
         if not isinstance(value, Mapping):
             raise UserError(f"{key} must be a mapping, got {value!r}")
+        args = typing.get_args(tp)
+        if len(args) == 2 and dataclasses.is_dataclass(args[1]):  # a typed block per name
+            return {str(k): build(args[1], {} if v is None else v, f"{key}.{k}")
+                    for k, v in value.items()}  # fmt: skip
         return dict(value)
     if tp is Any:
         return value
@@ -261,3 +267,150 @@ def load_config(
         data = merge(data, aliases.nested(aliases.read(aliases_of)))
     data = merge(data, parse_overrides(overrides))
     return build(cls, data)
+
+
+@dataclasses.dataclass(frozen=True)
+class RecipeKey:
+    """One `key=value` key of a recipe, as `--help` and docs/configuration.md list it."""
+
+    key: str  # dotted: `sampling.temperature`
+    type: str  # `float`, `list[int]`, `str | None`
+    default: Any
+    doc: str  # the field's comment (same line or the lines above) or its `Args:` entry
+
+
+def recipe_keys(cls: type, prefix: str = "") -> list[RecipeKey]:
+    """Every key of dataclass `cls`, nested dataclasses flattened to dotted keys, read from the
+    dataclasses themselves, so `--help` and the generated reference never lag behind a new key.
+    Defaults are those of `cls()` (a default set in `__post_init__` included)."""
+    try:
+        instance = cls()
+    except Exception:  # a dataclass with required fields: its declared defaults only
+        instance = None
+    hints = typing.get_type_hints(cls)
+    docs = _field_docs(cls)
+    keys = []
+    for f in dataclasses.fields(cls):
+        if not f.init or f.name.startswith("_"):
+            continue
+        tp = hints.get(f.name, f.type)
+        nested = _dataclass_of(tp)
+        if nested is not None:
+            keys += recipe_keys(nested, f"{prefix}{f.name}.")
+            continue
+        if instance is not None:
+            default = getattr(instance, f.name)
+        elif f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        keys.append(RecipeKey(prefix + f.name, _type_name(tp), default, docs.get(f.name, "")))
+    return keys
+
+
+def format_default(value: Any) -> str:
+    """A default as a user would type it in `key=value` (YAML flow style)."""
+    if value is dataclasses.MISSING:
+        return "(required)"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, dict)):
+        return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return str(value)
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    """The dataclass behind `tp` (`Config` or `Config | None`), else None."""
+    if dataclasses.is_dataclass(tp):
+        return tp
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) == 1 and dataclasses.is_dataclass(inner[0]):
+            return inner[0]
+    return None
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, type) and not typing.get_args(tp):
+        return tp.__name__
+    return str(tp).replace("typing.", "").replace("NoneType", "None")
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    """Field → its description: `Args:` entries of the class docstrings (bases included), then
+    the comment on the field's line or the comment lines right above it, which win."""
+    import inspect
+    import io
+    import re
+    import tokenize
+
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        doc = inspect.getdoc(klass) or ""
+        if "Args:" in doc:
+            body = doc.split("Args:", 1)[1]
+            head = r"^ {4}(\w[\w, ]*?)\s*(?:\(`[^\n]*?\))?:"  # `    name (`type`):`
+            entry = head + r"\s*(.+?)(?=^ {4}\w[\w, ]*?\s*(?:\(`|:)|\Z)"
+            for m in re.finditer(entry, body, re.M | re.S):
+                for name in m.group(1).split(","):
+                    docs[name.strip()] = " ".join(m.group(2).split())
+        try:
+            source = inspect.getsource(klass)
+        except (OSError, TypeError):
+            continue
+        pending: list[str] = []
+        field_line = re.compile(r"^\s+(\w+)\s*:")
+        try:
+            tokens = list(tokenize.generate_tokens(io.StringIO(source).readline))
+        except (tokenize.TokenError, SyntaxError):
+            continue
+        comments = {t.start[0]: t.string.lstrip("#").strip() for t in tokens
+                    if t.type == tokenize.COMMENT}  # fmt: skip
+        for n, line in enumerate(source.splitlines(), 1):
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                pending.append(comments.get(n, ""))
+                continue
+            m = field_line.match(line)
+            if m and m.group(1) in {f.name for f in dataclasses.fields(klass)}:
+                text = comments.get(n, "")
+                text = " ".join([*pending, text]).strip() if pending else text
+                text = re.sub(r"type: ignore\[[\w-]+\]\s*", "", text).strip().lstrip("# ")
+                if text and "__post_init__" not in text:
+                    docs[m.group(1)] = text
+            pending = []
+    return docs
+
+
+def keys_markdown(cls: type, prefix: str = "") -> str:
+    """The keys of `cls` as a Markdown table (docs/configuration.md's generated sections)."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for k in recipe_keys(cls, prefix):
+        cells = [f"`{k.key}`", _html_safe(k.type), f"`{format_default(k.default)}`",
+                 _html_safe(k.doc)]  # fmt: skip
+        rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(rows)
+
+
+def keys_help(cls: type, prefix: str = "") -> str:
+    """The keys of `cls` as `--help` lists them: `key=default  meaning`, one per line."""
+    lines = []
+    for k in recipe_keys(cls, prefix):
+        lines.append(f"  {k.key}={format_default(k.default)}")
+        if k.doc:
+            lines.append(f"      {k.doc}")
+    return "\n".join(lines)
+
+
+def _html_safe(text: str) -> str:
+    """`<` and `>` outside code spans as entities, so Markdown does not read them as tags."""
+    parts = text.split("`")
+    for i in range(0, len(parts), 2):  # the even parts are outside backticks
+        parts[i] = parts[i].replace("<", "&lt;").replace(">", "&gt;")
+    return "`".join(parts)

@@ -51,27 +51,41 @@ class BudgetSettings:
     suffix: str = "eval"
     control: bool = True
     stop_at_think_end: bool = True  # False: control tokens also after `</think>` (the original)
+    grace: int | None = None  # soft ending (implies two-stage), docs/spec.md §2.7
 
-    def plan(self, spec: ControlSpec | None) -> ForcingPlan | None:
-        if self.budget is None or spec is None or not (self.control or self.two_stage):
+    @property
+    def ends_thinking(self) -> bool:
+        """Whether the two-stage suffix may be forced (hard or soft ending)."""
+        return self.two_stage or self.grace is not None
+
+    def plan(
+        self, spec: ControlSpec | None, boundaries: frozenset[int] = frozenset()
+    ) -> ForcingPlan | None:
+        """The forcing plan; `boundaries` (the tokenizer's, `delimiters.boundary_token_ids`)
+        matter only with `grace`."""
+        if self.budget is None or spec is None or not (self.control or self.ends_thinking):
             return None  # nothing to force (a prompt-only method takes any budget)
         return make_plan(
             spec, self.budget, control=self.control, two_stage=self.two_stage,
-            suffix=self.suffix, stop_at_think_end=self.stop_at_think_end,
+            suffix=self.suffix, stop_at_think_end=self.stop_at_think_end, grace=self.grace,
+            boundaries=boundaries,
         )  # fmt: skip
 
     def vllm_extra_args(self) -> dict | None:
         if self.budget is None:
             return {"force": 0}  # no budget: also disable the prompt-tip fallback
-        if not self.control and not self.two_stage:
+        if not self.control and not self.ends_thinking:
             return {"force": 0}
-        return {
+        extra = {
             "budget": self.budget,
-            "two_stage": self.two_stage,
+            "two_stage": self.ends_thinking,
             "suffix": self.suffix,
             "control": self.control,
             "stop_at_think_end": self.stop_at_think_end,
         }
+        if self.grace is not None:
+            extra["grace"] = self.grace
+        return extra
 
 
 def default_max_new_tokens(settings: BudgetSettings, spec: ControlSpec | None) -> int:
@@ -80,7 +94,9 @@ def default_max_new_tokens(settings: BudgetSettings, spec: ControlSpec | None) -
     if settings.budget is None:
         return 1024
     cap = thinking_cap(settings.budget)
-    if settings.two_stage and spec is not None:
+    if settings.grace is not None:
+        cap = max(cap, settings.budget + settings.grace)
+    if settings.ends_thinking and spec is not None:
         return 2 * cap + len(spec.suffix_ids.get(settings.suffix, ()))
     return cap
 

@@ -11,6 +11,12 @@
 # template is always used). Command-line key=value overrides win over them.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# --help before any setup: this header, then the command's own help if the environment exists
+if [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
+  sed -n '2,/^set -euo/{/^#/{s/^# \{0,1\}//;p}}' "${BASH_SOURCE[0]}"
+  [[ -x "$repo/.venv/bin/budgetthinker" ]] && { echo; "$repo/.venv/bin/budgetthinker" eval --help; }
+  exit 0
+fi
 config="$repo/configs/eval/default.yaml"
 if [[ $# -gt 0 && "$1" == *.yaml ]]; then
   config="$1"

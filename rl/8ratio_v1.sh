@@ -13,6 +13,12 @@
 # Multi-node: start Ray on every node first (docs/stages/rl.md, "Multi-GPU, multi-node").
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# --help before any setup: this header, then the command's own help if the environment exists
+if [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
+  sed -n '2,/^set -euo/{/^#/{s/^# \{0,1\}//;p}}' "${BASH_SOURCE[0]}"
+  [[ -x "$repo/.venv-rl/bin/budgetthinker" ]] && { echo; "$repo/.venv-rl/bin/budgetthinker" rl --help; }
+  exit 0
+fi
 bash "$repo/scripts/setup_env.sh" rl
 cd "$repo"
 exec "$repo/.venv-rl/bin/budgetthinker" rl --engine verl --config "${steady:-8ratio_v1}" "$@"

@@ -4,6 +4,11 @@
 #   bash scripts/demo.sh [--budget B] [--prompt TEXT]
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# --help before any setup: this header, then the command's own help if the environment exists
+if [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
+  sed -n '2,/^set -euo/{/^#/{s/^# \{0,1\}//;p}}' "${BASH_SOURCE[0]}"
+  exit 0
+fi
 budget=64
 prompt="Explain step by step how to compute 17 times 23."
 while [[ $# -gt 0 ]]; do

@@ -11,6 +11,12 @@
 # A rerun skips the stages that finished (delete runs/experiment_cpu/ to start over).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# --help before any setup: this header, then the command's own help if the environment exists
+if [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
+  sed -n '2,/^set -euo/{/^#/{s/^# \{0,1\}//;p}}' "${BASH_SOURCE[0]}"
+  [[ -x "$repo/.venv/bin/python" ]] && { echo; "$repo/.venv/bin/python" -m budgetthinker.pipelines.experiment_cpu --help; }
+  exit 0
+fi
 config="configs/experiments/cpu_evidence.yaml"
 if [[ $# -gt 0 && "$1" == *.yaml ]]; then
   config="$1"

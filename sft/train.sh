@@ -9,6 +9,12 @@
 # budgetthinker.special_token_loss; command-line key=value overrides win over it.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# --help before any setup: this header, then the command's own help if the environment exists
+if [[ " $* " == *" --help "* || " $* " == *" -h "* ]]; then
+  sed -n '2,/^set -euo/{/^#/{s/^# \{0,1\}//;p}}' "${BASH_SOURCE[0]}"
+  [[ -x "$repo/.venv-sft/bin/budgetthinker" ]] && { echo; "$repo/.venv-sft/bin/budgetthinker" sft --help; }
+  exit 0
+fi
 config="$repo/configs/sft/cpu_smoke.yaml"
 if [[ $# -gt 0 && "$1" == *.yaml ]]; then
   config="$1"

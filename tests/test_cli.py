@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -222,3 +223,90 @@ def test_negative_noise_is_refused(capsys, tmp_path):
     )
     assert_one_line_error(code, err, "--noise must be >= 0")
     assert not out.exists()
+
+
+# ── help, version, dry runs (issue #26) ──────────────────────────────────────────────────────
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0
+    assert capsys.readouterr().out.startswith("budgetthinker ")
+
+
+@pytest.mark.parametrize("command", sorted(__import__("budgetthinker.cli").cli.COMMANDS))
+def test_every_help_shows_the_defaults(capsys, command):
+    from budgetthinker.cli import build_parser
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
+        if not action.option_strings or action.default in (None, False, "==SUPPRESS=="):
+            continue
+        if action.default is True or "--help" in action.option_strings:
+            continue
+        shown = str(action.default)
+        if "default" in (action.help or "").lower():  # the help text words it itself
+            continue
+        assert shown in out, f"{command} --help does not show {action.dest}'s default {shown!r}"
+
+
+def test_eval_help_lists_every_recipe_key_with_its_default(capsys):
+    from budgetthinker.config import format_default, recipe_keys
+    from budgetthinker.evaluation.config import EvalConfig
+
+    with pytest.raises(SystemExit):
+        main(["eval", "--help"])
+    out = capsys.readouterr().out
+    keys = recipe_keys(EvalConfig)
+    assert len(keys) > 30
+    for key in keys:
+        assert f"  {key.key}={format_default(key.default)}" in out, key.key
+    assert "  sampling.temperature=0.0\n      0 = greedy" in out  # the field's own comment
+
+
+def test_eval_dry_run_checks_and_writes_nothing(tmp_path, capsys, prepared_model):
+    out_dir = tmp_path / "runs"
+    code, out, err = run_cli(capsys, "eval", "--dry-run", f"output_dir={out_dir}",
+                             "experiment=dry", "budgets=[32,64]", "data.synthetic.n=3")  # fmt: skip
+    assert code == 0, err
+    assert "dry run: dry: 18 samples (3 problems × 3 methods" in out and "nothing written" in out
+    assert not out_dir.exists()
+    # a GPU recipe on this CPU machine: checked, not refused for the missing GPUs
+    release = str(REPO / "configs" / "eval" / "math500_release.yaml")
+    code, out, err = run_cli(capsys, "eval", "--dry-run", "--config", release,
+                             f"output_dir={out_dir}", "backend=vllm", "budgets=[100]",
+                             "engine.tensor_parallel_size=8",
+                             "data.benchmarks=[synthetic]")  # fmt: skip
+    assert code == 0, err
+    assert not out_dir.exists()
+    # a mistake is still the one-line error
+    code, _, err = run_cli(capsys, "eval", "--dry-run", f"output_dir={out_dir}", "budgets=[4]")
+    assert_one_line_error(code, err, "at least 8")
+    assert not out_dir.exists()
+
+
+LAUNCHERS = ["evaluation/Eval.sh", "sft/train.sh", "rl/8ratio_v1.sh", "scripts/demo.sh",
+             "scripts/test.sh", "scripts/experiment_cpu.sh", "scripts/release_pipeline.sh",
+             "scripts/setup_env.sh"]  # fmt: skip
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_launchers_read_help_before_any_setup(tmp_path, launcher):
+    """`--help` prints the launcher's usage and exits 0 before any environment is set up: in a
+    copy of the launcher without any venv or pip next to it, nothing is created."""
+    copy = tmp_path / "repo"
+    (copy / Path(launcher).parent).mkdir(parents=True)
+    (copy / "scripts").mkdir(exist_ok=True)
+    for name in (launcher, "scripts/setup_env.sh"):
+        (copy / name).write_text((REPO / name).read_text())
+    env = {"PATH": "/usr/bin:/bin", "PYTHON": "/nonexistent/python3"}  # no pip reachable
+    for flag in ("--help", "-h"):
+        done = subprocess.run(["bash", str(copy / launcher), flag], capture_output=True, text=True,
+                              env=env, timeout=60, cwd=tmp_path)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "bash " in done.stdout and "[setup_env]" not in done.stdout + done.stderr
+    assert sorted(p.name for p in copy.iterdir()) == sorted({Path(launcher).parts[0], "scripts"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,45 @@ def test_aliases_are_refused_in_overrides_and_anchors_alone_are_fine():
     with pytest.raises(UserError, match=r"override 'budgets=\[&a 100, \*a\]' uses the YAML alias"):
         parse_overrides(["budgets=[&a 100, *a]"])
     assert parse_overrides(["budgets=[&a 100, 200]"]) == {"budgets": [100, 200]}
+
+
+
+@dataclasses.dataclass
+class _Inner:
+    """Inner block.
+
+    Args:
+        depth (`int`): how deep, from the docstring.
+    """
+
+    depth: int = 2
+
+
+@dataclasses.dataclass
+class _Outer:
+    name: str = "x"  # the name
+    # a list, explained above the field
+    items: list[int] = dataclasses.field(default_factory=lambda: [1, 2])
+    inner: _Inner = dataclasses.field(default_factory=_Inner)
+    late: str | None = None
+
+    def __post_init__(self):
+        self.late = self.late or "set later"
+
+
+def test_recipe_keys_come_from_the_dataclasses_with_their_comments_and_defaults():
+    """`recipe_keys` (what `eval --help` and docs/configuration.md list): nested dataclasses as
+    dotted keys, defaults as `cls()` has them (`__post_init__` included), the field's comment on
+    its line or above it, else its `Args:` entry."""
+    from budgetthinker.config import format_default, keys_markdown, recipe_keys
+
+    keys = {k.key: k for k in recipe_keys(_Outer)}
+    assert list(keys) == ["name", "items", "inner.depth", "late"]
+    assert keys["name"].doc == "the name"
+    assert keys["items"].doc == "a list, explained above the field"
+    assert keys["inner.depth"].doc == "how deep, from the docstring."
+    assert keys["inner.depth"].type == "int"
+    assert format_default(keys["items"].default) == "[1, 2]" and keys["late"].default == "set later"
+    assert format_default(None) == "null" and format_default(True) == "true"
+    table = keys_markdown(_Outer, "budgetthinker.")
+    assert "| `budgetthinker.late` | str \\| None | `set later` |  |" in table

@@ -132,3 +132,20 @@ def test_spec_citations_resolve():
 
     unresolved = {section: where for section, where in cited.items() if not resolves(section)}
     assert not unresolved, f"cited sections missing from docs/spec.md: {unresolved}"
+
+
+def test_configuration_reference_is_up_to_date():
+    """docs/configuration.md's key tables are generated from the recipe dataclasses
+    (scripts/config_reference.py): a key added, removed or changed in a dataclass fails here
+    until the page is regenerated."""
+    import os
+
+    run = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "config_reference.py"), "--check"],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr + " — run: python scripts/config_reference.py"
+    text = (DOCS / "configuration.md").read_text()
+    assert "| `sampling.temperature` | float | `0.0` | 0 = greedy |" in text
+    assert "| `budgetthinker.special_token_loss` | str | `T` |" in text  # the SFT block

@@ -18,9 +18,11 @@ PACKAGE = REPO / "budgetthinker"
 # Tests about several rooms at once, named for what they check rather than for one module.
 CROSS_CUTTING = {
     "tests/test_cross_engine.py": "transformers and vLLM force the same tokens",
+    "tests/test_cross_engine_soft.py": "each engine adapter follows the soft ending",
     "tests/test_faults.py": "kill/crash/resume faults across the stages",
     "tests/test_layers.py": "this file",
     "tests/test_docs.py": "the manual builds and names every module",
+    "tests/test_docs_blocks.py": "every block of the README and docs/ runs as written",
     "tests/evaluation/test_conformance.py": "the grader against other projects' cases",
     "tests/evaluation/methods/test_custom_method.py": "the methods package's plugin API",
 }

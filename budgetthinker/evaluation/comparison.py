@@ -71,6 +71,11 @@ def write_report(out_dir: Path, records: Sequence[dict]) -> str:
         return ""
     write_comparison(out_dir, records)
     print(table)
+    differ = sum(bool(r["verifier_correct"]) != bool(r.get("correct"))
+                 for r in records if "verifier_correct" in r)  # fmt: skip
+    if differ:
+        print(f"[eval] the benchmark's own verifier disagrees with our grader on {differ} "
+              "samples: see report.md (Verifier agreement)")  # fmt: skip
     print(
         f"[eval] results in {out_dir}: samples.jsonl, summary.md, summary.csv, plots/, "
         "report.md, report.html"
@@ -113,6 +118,7 @@ def write_comparison(
             md.append(f"| {label(point)} | {point['budget']} | " + " | ".join(cells) + " |")
         md.append("")
     md += _estimate_section(records)
+    md += verifier_section(records)
     md += ["## s1 metrics per sweep", "",
            "| sweep | points | Control | Scaling (acc pts / 1k tokens) | Performance |",
            "|---|---|---|---|---|"]  # fmt: skip
@@ -124,6 +130,49 @@ def write_comparison(
     atomic_text(path, text)
     atomic_text(out_dir / "report.html", _html(text, images))
     return path
+
+
+def verifier_section(records: Sequence[dict]) -> list[str]:
+    """Benchmarks with their own verifier (reasoning-gym's `score_answer`): how often it agrees
+    with our grader per sweep point, and every sample where they disagree (up to 20), so a
+    grader or extraction problem shows instead of hiding in the accuracy."""
+    checked = [r for r in records if "verifier_correct" in r]
+    if not checked:
+        return []
+    def method(r: dict) -> str:  # runs compared by `budgetthinker report` are never pooled
+        return f"{r['run']}: {r.get('method')}" if "run" in r else str(r.get("method"))
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in checked:
+        groups.setdefault((method(r), r.get("benchmark"), r.get("budget")), []).append(r)
+    differ = [r for r in checked if bool(r["verifier_correct"]) != bool(r.get("correct"))]
+    md = ["## Verifier agreement (reasoning-gym's score_answer vs our grader)", "",
+          f"{len(differ)} of {len(checked)} samples disagree." if differ else
+          f"All {len(checked)} samples agree.", "",
+          "| method | benchmark | budget | n | acc (grader) | acc (verifier) | disagree |",
+          "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for (label, benchmark, budget), rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
+        ours = sum(bool(r.get("correct")) for r in rs) / len(rs)
+        theirs = sum(bool(r["verifier_correct"]) for r in rs) / len(rs)
+        n_differ = sum(bool(r["verifier_correct"]) != bool(r.get("correct")) for r in rs)
+        md.append(f"| {label} | {benchmark} | {budget} | {len(rs)} | {ours:.1%} | "
+                  f"{theirs:.1%} | {n_differ} |")  # fmt: skip
+    if differ:
+        md += ["", "| method | benchmark | budget | problem | gold | predicted | grader | "
+               "verifier score |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in differ[:20]:
+            md.append(f"| {method(r)} | {r.get('benchmark')} | {r.get('budget')} | "
+                      f"{r.get('problem_id')} | {_md(r.get('gold'))} | {_md(r.get('predicted'))} "
+                      f"| {'correct' if r.get('correct') else 'wrong'} | "
+                      f"{r['verifier_score']:.2f} |")  # fmt: skip
+        if len(differ) > 20:
+            md.append(f"\n(and {len(differ) - 20} more in samples.jsonl)")
+    return [*md, ""]
+
+
+def _md(value) -> str:
+    """A value as one Markdown table cell."""
+    return "—" if value is None else str(value).replace("|", "\\|").replace("\n", " ")[:60]
 
 
 def _estimate_section(records: Sequence[dict]) -> list[str]:

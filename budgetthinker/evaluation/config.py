@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from budgetthinker.config import check_compat
 from budgetthinker.evaluation.datasets import DataConfig
 from budgetthinker.evaluation.engine_config import EngineConfig
+from budgetthinker.evaluation.tracking import check_report_to
 from budgetthinker.limits import check_sampling
 from budgetthinker.outputs import plain_name
 from budgetthinker.patches.backends import check_backend
@@ -89,6 +90,9 @@ class EvalConfig:
     concurrency: int = 8  # backend=openai: requests in flight
     request_timeout: float = 600.0  # backend=openai: seconds one request may wait for the server
     retries: int = 6  # backend=openai: retries of a failed or faulty request before it is an error
+    # none | tensorboard | wandb (comma-separated for both): log accuracy and adherence per sweep
+    # point and the report's plots (<run>/tensorboard/, <run>/wandb/; WANDB_MODE=offline works)
+    report_to: str | list[str] = "none"
 
     def __post_init__(self) -> None:
         check_backend(self.backend, self.endpoint)
@@ -113,4 +117,5 @@ class EvalConfig:
                              f"got {self.request_timeout}")  # fmt: skip
         if self.retries < 0:
             raise ValueError(f"retries must be 0 or more, got {self.retries}")
+        check_report_to(self.report_to)
 

@@ -1,18 +1,23 @@
-"""Benchmarks: local JSONL in the Qwen2.5-Math layout, Hugging Face datasets, and `synthetic`.
+"""Benchmarks: local JSONL in the Qwen2.5-Math layout, Hugging Face datasets, `synthetic`, and
+reasoning-gym tasks (`rg:<task>`, `budgetthinker.evaluation.gym_tasks`).
 
 Local files live at `<data_dir>/<name>/<split>.jsonl`; the question and gold-answer fields differ
 per benchmark (see `QUESTION_FIELDS` and `budgetthinker.evaluation.grading.gold_answer`). A name
 containing "/" that is not a local folder is a Hugging Face dataset id (needs network and the
 `datasets` package). `synthetic` is generated on the fly: the embedded default, no files needed.
+`rg:<task>` is generated on the fly too, with `data.rg.<task>` (size, seed, level, settings), and
+each of its problems carries reasoning-gym's verifier.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from budgetthinker.errors import UserError
+from budgetthinker.evaluation.gym_tasks import GymTaskConfig, check_tasks, gym_problems, is_gym
 from budgetthinker.prompts import SYSTEM_LINE
 from budgetthinker.synthetic import synthetic_problems
 
@@ -39,6 +44,9 @@ class Problem:
     answer: str
     # the prompt starts with `Return your final response within \\boxed{}. ` (data.boxed_prefix)
     system_line: bool = True
+    # the benchmark's own verifier (reasoning-gym's `score_answer`): extracted answer → score in
+    # [0, 1], recorded beside our grader's verdict; None for benchmarks without one
+    verify: Callable[[str | None], float] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -63,6 +71,9 @@ class DataConfig:
     # benchmarks whose prompts start with the system line (`all`: every one); the default is the
     # original's data: MATH-500 only (plus our synthetic set)
     boxed_prefix: list[str] = field(default_factory=lambda: list(BOXED_PREFIX_DEFAULT))
+    # reasoning-gym tasks named `rg:<task>` in `benchmarks`: size, seed, level, settings per task
+    # (a task not listed here gets the defaults; see budgetthinker.evaluation.gym_tasks)
+    rg: dict[str, GymTaskConfig] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.benchmarks is None:
@@ -73,6 +84,8 @@ class DataConfig:
             raise ValueError("data.benchmarks must name at least one benchmark")
         if self.limit is not None and self.limit <= 0:
             raise ValueError("data.limit must be positive (or null for all problems)")
+        if self.rg or any(is_gym(str(b)) for b in self.benchmarks):
+            check_tasks([str(b) for b in self.benchmarks], self.rg, "data.rg")
 
 
 def load_problems(cfg: DataConfig) -> list[Problem]:
@@ -93,7 +106,10 @@ def load_problems(cfg: DataConfig) -> list[Problem]:
 
 def _with_system_line(name: str, rows: list[Problem], boxed: list[str]) -> list[Problem]:
     """Mark each problem with whether its prompt gets the system line (`data.boxed_prefix` names
-    the benchmark as configured or as reported, or is `all`)."""
+    the benchmark as configured or as reported, or is `all`); a reasoning-gym task's own
+    `system_line` setting decides for it."""
+    if is_gym(name):
+        return rows
     wanted = "all" in boxed or name in boxed or any(p.benchmark in boxed for p in rows[:1])
     return [replace(p, system_line=wanted) for p in rows]
 
@@ -104,6 +120,12 @@ def _load_benchmark(name: str, cfg: DataConfig) -> list[Problem]:
         return [
             Problem("synthetic", p.id, p.question, p.answer)
             for p in synthetic_problems(cfg.offset + (cfg.limit or s.n), s.seed, s.steps)
+        ]
+    if is_gym(name):
+        task = cfg.rg.get(name[3:]) or GymTaskConfig()
+        return [
+            Problem(name, p.id, p.question, p.answer, task.system_line, p.verify)
+            for p in gym_problems(name, task)
         ]
     local = _local_file(name, cfg)
     if local is not None:
@@ -119,7 +141,8 @@ def _load_benchmark(name: str, cfg: DataConfig) -> list[Problem]:
     if name not in QUESTION_FIELDS:
         raise UserError(
             f"unknown benchmark {name!r}; use one of {', '.join(KNOWN_BENCHMARKS)}, a folder "
-            "<data_dir>/<name>/ with a <split>.jsonl, or a Hugging Face dataset id (org/name)"
+            "<data_dir>/<name>/ with a <split>.jsonl, a reasoning-gym task rg:<task>, or a "
+            "Hugging Face dataset id (org/name)"
         )
     where = Path(cfg.data_dir or "<data.data_dir>") / name / f"{cfg.split}.jsonl"
     raise UserError(

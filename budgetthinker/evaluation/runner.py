@@ -12,6 +12,7 @@ comparison report are written from everything in the results file.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import platform
 import sys
@@ -26,14 +27,21 @@ from tqdm import tqdm
 
 from budgetthinker.config import to_dict
 from budgetthinker.control_spec import ControlSpec, has_spec, load_spec
-from budgetthinker.delimiters import Delimiters, detect
+from budgetthinker.delimiters import Delimiters, boundary_token_ids, detect
 from budgetthinker.errors import UserError
 from budgetthinker.evaluation.config import EvalConfig
 from budgetthinker.evaluation.datasets import Problem, load_problems
 from budgetthinker.evaluation.methods import Method, Outcome, SampleContext, get_methods
 from budgetthinker.evaluation.methods.prompting import check_two_stage
 from budgetthinker.evaluation.results import ResultsFile
-from budgetthinker.generation import GenResult, analyse, eos_token_ids, require_vllm, sample_seed
+from budgetthinker.generation import (
+    Analysis,
+    GenResult,
+    analyse,
+    eos_token_ids,
+    require_vllm,
+    sample_seed,
+)
 from budgetthinker.limits import check_fits
 from budgetthinker.outputs import FolderLock, atomic_json, atomic_text, experiment_dir, user_path
 from budgetthinker.patches.backends import make_backend
@@ -58,8 +66,11 @@ class Request:
                 self.problem.id, self.sample)  # fmt: skip
 
 
-def check_setup(cfg: EvalConfig, spec: ControlSpec | None, model_dir: str) -> list[Method]:
-    """Every mistake that can be found before loading a model, with its fix."""
+def check_setup(
+    cfg: EvalConfig, spec: ControlSpec | None, model_dir: str, devices: bool = True
+) -> list[Method]:
+    """Every mistake that can be found before loading a model, with its fix (`devices=False`:
+    not the GPUs this machine has, for a dry run of a GPU recipe on a CPU machine)."""
     methods = get_methods(cfg.methods)
     if spec is None:
         needing = [m.display_name for m in methods if m.needs_control_tokens]
@@ -81,10 +92,26 @@ def check_setup(cfg: EvalConfig, spec: ControlSpec | None, model_dir: str) -> li
             total = method.max_total_tokens(budget, cfg.max_new_tokens, spec, cfg.two_stage)
             fix = "use smaller budgets=[…] or max_new_tokens=…"
             check_fits(model_dir, total, f"budget {budget}: {total} new tokens", fix)
-    if cfg.backend == "vllm":
+    if cfg.backend == "vllm" and devices:
         require_vllm()
         cfg.engine.check_devices()  # before anything is written
     return methods
+
+
+def dry_run(cfg: EvalConfig) -> str:
+    """What `budgetthinker eval --dry-run` prints: every check that needs no model weights and
+    no GPU (recipe, model folder and spec, methods and budgets, the problems), writing nothing."""
+    model_dir = str(resolve_model(cfg.model))
+    spec = load_spec(model_dir) if has_spec(model_dir) else None
+    methods = check_setup(cfg, spec, model_dir, devices=False)
+    problems = load_problems(cfg.data)
+    total = len(problems) * len(methods) * len(cfg.budgets) * cfg.sampling.n
+    where = user_path(cfg.output_dir) / cfg.experiment
+    return (
+        f"dry run: {cfg.experiment}: {total} samples ({len(problems)} problems × {len(methods)} "
+        f"methods [{', '.join(m.display_name for m in methods)}] × budgets {cfg.budgets} × "
+        f"{cfg.sampling.n}) of {model_dir} on {cfg.backend} → {where}; nothing written"
+    )
 
 
 def run_eval(cfg: EvalConfig, backend=None) -> Path:
@@ -161,8 +188,11 @@ def _run_locked(cfg, backend, model_dir, spec, methods, problems, out_dir: Path,
                     backend.close()
 
     from budgetthinker.evaluation.comparison import write_report
+    from budgetthinker.evaluation.tracking import log_eval
 
     write_report(out_dir, results.records)
+    for folder in log_eval(cfg.report_to, out_dir, results.records, cfg.experiment, to_dict(cfg)):
+        print(f"[eval] logged to {folder}", file=sys.stderr)
     return out_dir
 
 
@@ -281,18 +311,33 @@ class ChunkRun:
             for t, r in zip(graded, chunk, strict=True)
         ])  # fmt: skip
         return [
-            self.record(r, o, t, g, seconds)
+            {**self.record(r, o, t, g, seconds), **verifier_fields(r.problem, g.predicted)}
             for r, o, t, g in zip(chunk, outcomes, texts, grades, strict=True)
         ]
 
-    def record(self, request: Request, outcome: Outcome, text: str, grade, seconds) -> dict:
-        cfg = self.cfg
-        plan = outcome.settings.plan(self.spec) if outcome.settings is not None else None
+    @functools.cached_property
+    def boundaries(self) -> frozenset[int]:
+        """The soft ending's boundary tokens, to replay a `grace` plan over an output."""
+        return boundary_token_ids(self.tokenizer)
+
+    def analysis(self, outcome: Outcome) -> tuple[Analysis, int, bool | None]:
+        """What one outcome's output holds (control tokens, thinking), and its thinking length
+        and whether thinking ended by itself: the method's own account where it has one, else
+        the forcing machine's replay over the output."""
+        settings = outcome.settings
+        boundaries = self.boundaries if settings is not None and settings.grace is not None \
+            else frozenset()  # fmt: skip
+        plan = settings.plan(self.spec, boundaries) if settings is not None else None
         info = analyse(outcome.output_ids, self.spec, plan, self.delimiters.end_ids)
         thinking = info.thinking_tokens if outcome.thinking_tokens is None \
             else outcome.thinking_tokens  # fmt: skip
         finished = info.finished_thinking if outcome.finished_thinking is None \
             else outcome.finished_thinking  # fmt: skip
+        return info, thinking, finished
+
+    def record(self, request: Request, outcome: Outcome, text: str, grade, seconds) -> dict:
+        cfg = self.cfg
+        info, thinking, finished = self.analysis(outcome)
         return {
             "model": cfg.model,
             "backend": cfg.backend,
@@ -322,6 +367,15 @@ class ChunkRun:
             **({} if outcome.graded_text is None else {"graded_text": outcome.graded_text,
                                                        "graded_as": outcome.graded_as}),
         }  # fmt: skip
+
+
+def verifier_fields(problem: Problem, predicted: str | None) -> dict:
+    """The benchmark's own verdict on our extracted answer (reasoning-gym's `score_answer`),
+    recorded beside our grader's `correct`; nothing for benchmarks without a verifier."""
+    if problem.verify is None:
+        return {}
+    score = problem.verify(predicted)
+    return {"verifier": "reasoning_gym", "verifier_score": score, "verifier_correct": score >= 1.0}
 
 
 def run_episodes(
@@ -373,30 +427,40 @@ def _advance(episode, result):
 
 
 def _pending_requests(cfg, methods, problems, tokenizer, spec, done) -> list[Request]:
-    mode = spec.parsed_mode if spec is not None else None
     pending = []
     for method in methods:
         for budget in cfg.budgets:
-            prompts = {}
-            for problem in problems:
-                text = method.prompt(tokenizer, problem.question, budget, mode, problem.system_line)
-                prompts[problem.benchmark, problem.id] = tokenizer.encode(
-                    text, add_special_tokens=False
-                )
-            longest: dict[str, int] = {}
-            for (benchmark, _), ids in prompts.items():
-                longest[benchmark] = max(longest.get(benchmark, 0), len(ids))
+            wanted = []
             for problem in problems:
                 for sample in range(cfg.sampling.n):
                     key = (cfg.model, cfg.backend, method.display_name, cfg.two_stage,
                            problem.benchmark, budget, problem.id, sample)  # fmt: skip
-                    if key in done:
-                        continue
-                    pending.append(Request(
-                        method, problem, budget, sample, prompts[problem.benchmark, problem.id],
-                        longest[problem.benchmark],
-                    ))  # fmt: skip
+                    if key not in done:
+                        wanted.append((problem, sample))
+            pending += sample_requests(method, budget, problems, wanted, tokenizer, spec)
     return pending
+
+
+def sample_requests(
+    method: Method, budget: int, problems: list[Problem], wanted: list[tuple[Problem, int]],
+    tokenizer, spec: ControlSpec | None,
+) -> list[Request]:  # fmt: skip
+    """The requests for `wanted` (problem, sample index) pairs of one method and budget: each
+    problem's prompt rendered by the method once, and the longest prompt of each benchmark
+    among `problems` (s1's `auto` budget), whether or not its samples are wanted."""
+    mode = spec.parsed_mode if spec is not None else None
+    prompts = {}
+    for problem in problems:
+        text = method.prompt(tokenizer, problem.question, budget, mode, problem.system_line)
+        prompts[problem.benchmark, problem.id] = tokenizer.encode(text, add_special_tokens=False)
+    longest: dict[str, int] = {}
+    for (benchmark, _), ids in prompts.items():
+        longest[benchmark] = max(longest.get(benchmark, 0), len(ids))
+    return [
+        Request(method, problem, budget, sample, prompts[problem.benchmark, problem.id],
+                longest[problem.benchmark])
+        for problem, sample in wanted
+    ]  # fmt: skip
 
 
 def _chunks(pending: list[Request], cfg: EvalConfig):
@@ -425,8 +489,14 @@ def _make_backend(cfg: EvalConfig, model_dir: str, pending: list[Request], spec)
         ),
         default=None,
     )
+    return start_backend(cfg, model_dir, cfg.max_model_len or longest)
+
+
+def start_backend(cfg: EvalConfig, model_dir: str, max_model_len: int | None):
+    """The recipe's backend on `model_dir` (`max_model_len`: the vLLM context; None: the
+    model's own)."""
     return make_backend(
-        cfg.backend, model_dir, seed=cfg.sampling.seed, max_model_len=cfg.max_model_len or longest,
+        cfg.backend, model_dir, seed=cfg.sampling.seed, max_model_len=max_model_len,
         endpoint=cfg.endpoint, api_key_env=cfg.api_key_env, concurrency=cfg.concurrency,
         request_timeout=cfg.request_timeout, retries=cfg.retries,
         vllm_kwargs=cfg.engine.vllm_kwargs(),
@@ -451,6 +521,8 @@ def _fingerprint(cfg: EvalConfig) -> dict:
         "max_new_tokens": cfg.max_new_tokens,
         "data": to_dict(cfg.data),
     }
+    if not cfg.data.rg:  # runs made before reasoning-gym tasks existed still match
+        del found["data"]["rg"]
     if cfg.compat:
         found["compat"] = sorted(cfg.compat)
     if not cfg.stop_at_think_end:

@@ -3,8 +3,9 @@ tensor and advanced for a whole batch with tensor ops.
 
 vLLM's Model Runner V2 keeps the committed tokens of every request on the device and runs the
 sampler asynchronously ahead of the host; reading tokens back to Python each step (as the V1
-processor does) would stall that pipeline. So this class keeps `Forcer`'s five counters (`n`,
-`since`, `level`, "thinking ended", suffix cursor) plus the request's `ForcingPlan` in a
+processor does) would stall that pipeline. So this class keeps `Forcer`'s counters (`n`,
+`since`, `level`, "thinking ended", suffix cursor; the soft ending's "last token was a boundary"
+is read from the token just committed) plus the request's `ForcingPlan` in a
 `[max_slots, COLUMNS]` int64 tensor and advances them with a fixed number of gather / where /
 scatter ops per step, whatever the batch: O(1) per request, and no device→host copy in the steady
 state. The rules are not written a second time in a new shape without proof: `tests/patches/
@@ -31,9 +32,12 @@ logger = logging.getLogger(__name__)
 
 # Columns of the per-slot state tensor. Plan (constant while the request lives) …
 ACTIVE, INTERVAL, CAP, SUFFIX_ROW, SUFFIX_LEN, STOP_AT_END, PROMPT_LEN = range(7)
-# … and `Forcer`'s counters.
+# … and `Forcer`'s counters …
 N, SINCE, LEVEL, ENDED, SUFFIX_POS = range(7, 12)
-COLUMNS = 12
+# … and, appended so the columns above keep their numbers, the soft ending's window start
+# (`plan.budget` when `plan.grace >= 0`, else −1; `CAP` is then `budget + grace`).
+SOFT_FROM = 12
+COLUMNS = 13
 
 
 @dataclass(frozen=True)
@@ -54,7 +58,13 @@ class ForcingSlots:
     returns the forced token of each row (`FREE` = −1 where the model may choose).
     """
 
-    def __init__(self, spec: ControlSpec, max_slots: int, device: torch.device | str) -> None:
+    def __init__(
+        self,
+        spec: ControlSpec,
+        max_slots: int,
+        device: torch.device | str,
+        boundaries: frozenset[int] = frozenset(),
+    ) -> None:
         self.device = torch.device(device)
         self.max_slots = max_slots
         self.state = torch.zeros(max_slots, COLUMNS, dtype=torch.int64, device=self.device)
@@ -65,6 +75,12 @@ class ForcingSlots:
         for token, level in levels.items():
             table[token] = level
         self.level_table = table.to(self.device)
+        # boundary_table[token] = 1 for the soft ending's boundary tokens; last entry: "not one"
+        self.boundaries = boundaries
+        bounds = torch.zeros(max(boundaries, default=0) + 2, dtype=torch.int64)
+        if boundaries:
+            bounds[torch.tensor(sorted(boundaries), dtype=torch.int64)] = 1
+        self.boundary_table = bounds.to(self.device)
         self.control_ids = torch.tensor((0, *spec.token_ids), dtype=torch.int64).to(self.device)
         self.think_end_id = spec.think_end_id
         self.suffix_rows: dict[tuple[int, ...], int] = {}
@@ -88,6 +104,9 @@ class ForcingSlots:
         else:
             if plan.suffix and plan.suffix not in self.suffix_rows:
                 raise ValueError(f"two-stage suffix {plan.suffix} is not in the control spec")
+            foreign = plan.boundaries is not self.boundaries  # identity first: O(1)
+            if plan.grace >= 0 and foreign and plan.boundaries != self.boundaries:
+                raise ValueError("the plan's boundary tokens are not this engine's")
             level = plan.first_level if plan.interval > 0 else 0
             row = [0] * COLUMNS
             row[ACTIVE] = 1
@@ -99,6 +118,7 @@ class ForcingSlots:
             row[PROMPT_LEN] = prompt_len
             row[LEVEL] = level
             row[SUFFIX_POS] = -1
+            row[SOFT_FROM] = plan.budget if plan.grace >= 0 else -1
             row = tuple(row)
         self._staged = [a for a in self._staged if a.slot != slot]
         self._staged.append(_Admission(slot, row, done if plan is not None else 0))
@@ -129,7 +149,7 @@ class ForcingSlots:
         the slot must hold an active plan. Device ops only, no readback."""
         row = self.state[slot]
         self.state[slot] = _closed_form(
-            row, output.to(torch.int64), self.level_table, self.think_end_id
+            row, output.to(torch.int64), self.level_table, self.think_end_id, self.boundary_table
         )
 
     # ---------------------------------------------------------------- per step (device side)
@@ -166,10 +186,15 @@ class ForcingSlots:
         since = torch.where(fed, torch.where(is_control, 0, s[:, SINCE] + 1), s[:, SINCE])
         ended = s[:, ENDED] | (fed & (token == self.think_end_id)).to(torch.int64)
         n = s[:, N] + fed.to(torch.int64)
+        bounds = self.boundary_table
+        boundary = bounds[token.clamp(max=bounds.numel() - 1)] > 0
+        soft = s[:, SOFT_FROM]
+        soft_start = fed & boundary & (soft >= 0) & (n >= soft)  # the token just fed ends one
 
         thinking = ended == 0
         cap = s[:, CAP]
-        start_suffix = (pos < 0) & thinking & (cap >= 0) & (n >= cap) & (slen > 0) & active
+        due = (n >= cap) | soft_start
+        start_suffix = (pos < 0) & thinking & (cap >= 0) & due & (slen > 0) & active
         pos = torch.where(start_suffix, 0, pos)
         width = self.suffix_table.shape[1]
         suffix_token = self.suffix_table[s[:, SUFFIX_ROW], pos.clamp(0, width - 1)]
@@ -187,7 +212,7 @@ class ForcingSlots:
         s = torch.stack(
             [
                 s[:, ACTIVE], s[:, INTERVAL], cap, s[:, SUFFIX_ROW], slen, s[:, STOP_AT_END],
-                s[:, PROMPT_LEN], n, since, level, ended, pos,
+                s[:, PROMPT_LEN], n, since, level, ended, pos, soft,
             ],
             dim=1,
         )  # fmt: skip
@@ -218,7 +243,8 @@ def step_and_force(
             kernel[(slots.shape[0],)](
                 s.state, slots, total_len, all_token_ids, all_token_ids.stride(0),
                 s.level_table, s.level_table.numel(), s.control_ids, s.suffix_table,
-                s.suffix_table.shape[1], s.think_end_id, forced, logits, logits.stride(0),
+                s.suffix_table.shape[1], s.think_end_id, s.boundary_table,
+                s.boundary_table.numel(), forced, logits, logits.stride(0),
                 logits.shape[1], NCOL=COLUMNS, BLOCK=4096,
             )  # fmt: skip
             return forced
@@ -231,14 +257,20 @@ def step_and_force(
 
 
 def _closed_form(
-    row: torch.Tensor, output: torch.Tensor, level_table: torch.Tensor, think_end_id: int
+    row: torch.Tensor,
+    output: torch.Tensor,
+    level_table: torch.Tensor,
+    think_end_id: int,
+    boundary_table: torch.Tensor,
 ) -> torch.Tensor:
     """`row` with the counters a fresh `Forcer` of the same plan has after `feed`ing `output`.
 
     `Forcer.feed` depends only on the tokens, never on what was forced, so the state after a
     stream is: the level and distance of the last control token, the first `</think>`, and a
-    suffix cursor that starts when `n` reaches the cap with thinking unfinished and then
-    advances once per token. O(len(output)) tensor work, no readback; used once per resumption.
+    suffix cursor that starts at `start` with thinking unfinished and then advances once per
+    token. `start` is the cap, or under the soft ending the first length n ≥ `SOFT_FROM` whose
+    last token (index n − 1) is a boundary, if that comes before the cap. O(len(output)) tensor
+    work, no readback; used once per resumption.
     """
     row = row.clone()
     length = output.numel()
@@ -255,9 +287,12 @@ def _closed_form(
     first_end = torch.where(output == think_end_id, idx, length).min()
     row[ENDED] = (first_end < length).to(torch.int64)
     row[N] = length
-    cap, slen = row[CAP], row[SUFFIX_LEN]
-    started = (cap >= 0) & (slen > 0) & (length >= cap) & (first_end >= cap)
-    row[SUFFIX_POS] = torch.where(started, torch.minimum(length - cap, slen), -1)
+    cap, slen, soft = row[CAP], row[SUFFIX_LEN], row[SOFT_FROM]
+    boundary = boundary_table[output.clamp(max=boundary_table.numel() - 1)] > 0
+    cue = boundary & (soft >= 0) & (idx >= soft - 1) & (idx < cap)
+    start = torch.minimum(torch.where(cue, idx + 1, length + 1).min(), cap)
+    started = (cap >= 0) & (slen > 0) & (length >= start) & (first_end >= start)
+    row[SUFFIX_POS] = torch.where(started, torch.minimum(length - start, slen), -1)
     return row
 
 
@@ -288,8 +323,8 @@ if triton is not None:
     @triton.jit
     def _step_kernel(
         state_ptr, slots_ptr, total_len_ptr, ids_ptr, ids_stride, level_ptr, level_size,
-        control_ptr, suffix_ptr, suffix_width, think_end_id, forced_ptr, logits_ptr,
-        logits_stride, vocab, NCOL: tl.constexpr, BLOCK: tl.constexpr,
+        control_ptr, suffix_ptr, suffix_width, think_end_id, boundary_ptr, boundary_size,
+        forced_ptr, logits_ptr, logits_stride, vocab, NCOL: tl.constexpr, BLOCK: tl.constexpr,
     ):  # fmt: skip
         row = tl.program_id(0)
         slot = tl.load(slots_ptr + row).to(tl.int64)
@@ -306,6 +341,7 @@ if triton is not None:
         level = tl.load(base + 9)
         ended = tl.load(base + 10)
         pos = tl.load(base + 11)
+        soft = tl.load(base + 12)
         total = tl.load(total_len_ptr + slot).to(tl.int64)
         fed = active & ((total - prompt_len) == n + 1)
         last = tl.maximum(total - 1, 0)
@@ -317,8 +353,11 @@ if triton is not None:
         since = tl.where(fed, tl.where(is_control, 0, since + 1), since)
         ended = tl.where(fed & (token == think_end_id), 1, ended)
         n = tl.where(fed, n + 1, n)
+        boundary = tl.load(boundary_ptr + tl.minimum(token, boundary_size - 1)) > 0
+        soft_start = fed & boundary & (soft >= 0) & (n >= soft)
         thinking = ended == 0
-        start_suffix = active & (pos < 0) & thinking & (cap >= 0) & (n >= cap) & (slen > 0)
+        due = (n >= cap) | soft_start
+        start_suffix = active & (pos < 0) & thinking & (cap >= 0) & due & (slen > 0)
         pos = tl.where(start_suffix, 0, pos)
         column = tl.minimum(tl.maximum(pos, 0), suffix_width - 1)
         suffix_token = tl.load(suffix_ptr + suffix_row * suffix_width + column)

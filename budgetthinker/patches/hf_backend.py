@@ -16,6 +16,7 @@ round costs one forward pass over them before decoding starts.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import torch
@@ -27,6 +28,7 @@ from transformers import (
 )
 
 from budgetthinker.control_spec import has_spec, load_spec
+from budgetthinker.delimiters import boundary_token_ids
 from budgetthinker.generation import (
     Backend,
     GenRequest,
@@ -154,6 +156,11 @@ class HFBackend(Backend):
             else next(iter(self.eos_ids))
         )
 
+    @functools.cached_property
+    def boundaries(self) -> frozenset[int]:
+        """The soft ending's boundary tokens (built on first use)."""
+        return boundary_token_ids(self.tokenizer)
+
     def _decode(self, ids: list[int]) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=False)
 
@@ -185,7 +192,7 @@ class HFBackend(Backend):
         ids = torch.tensor([[self.pad_id] * (width - len(p)) + p for p in inputs])
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in inputs])
         forcing = BudgetForcingLogitsProcessor(
-            [r.settings.plan(self.spec) for r in batch], prompt_len=width
+            [r.settings.plan(self.spec, self.boundaries) for r in batch], prompt_len=width
         )
         control = RowControl(batch, self.eos_ids, width, temperature, top_p, seeds)
         checkers = [StopChecker(r, self.eos_ids, self._decode) for r in batch]

@@ -11,7 +11,10 @@ distribution actually sampled from (`--logprobs-mode processed_logprobs`, as `VL
 `--reasoning-parser deepseek_r1` when the model's chat template opens a `<think>` block (R1-style
 models, so chat responses carry the thinking in `reasoning_content`), the CPU defaults our other
 vLLM engines use, admission control of `vllm_xargs` (`serve_guard`: an unknown key, a `true`
-budget or a budget the mode cannot honour is HTTP 400 before vLLM coerces anything), and one line
+budget or a budget the mode cannot honour is HTTP 400 before vLLM coerces anything), budgets from
+the dialects clients already speak (`serve_budgets`: vLLM's `thinking_token_budget`, OpenAI's
+`reasoning_effort` through `--reasoning-effort-budgets`, `--default-budget`; `--grace` for the
+soft ending) with the applied budget and thinking/answer tokens in the response, and one line
 with the URL and an example `curl` when it is ready.
 
 Before anything starts: the spec is checked against the model's tokenizer and the port must be
@@ -37,8 +40,20 @@ import urllib.request
 from pathlib import Path
 
 from budgetthinker.errors import UserError
+from budgetthinker.patches.serve_budgets import (
+    BUDGETS_ENV,
+    EXAMPLE_MAP,
+    ServeBudgets,
+    serve_budgets,
+)
 
 READY_PREFIX = "[serve] ready:"  # tests and scripts wait for this line on stdout
+
+
+OWN_OPTIONS = (
+    "host", "port", "ready_timeout", "default_budget", "reasoning_effort_budgets", "grace",
+    "budgets_file",
+)  # fmt: skip
 
 
 def _own_options(parser: argparse.ArgumentParser) -> None:
@@ -47,6 +62,24 @@ def _own_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ready-timeout", type=float, default=900.0, help="seconds to wait for the engine"
     )
+    parser.add_argument(
+        "--default-budget", type=int, metavar="N",
+        help="budget of requests that name none (no vllm_xargs.budget, thinking_token_budget "
+        "or mapped reasoning_effort)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--reasoning-effort-budgets", metavar="JSON",
+        help=f"reasoning_effort → budget, e.g. '{EXAMPLE_MAP}'",
+    )  # fmt: skip
+    parser.add_argument(
+        "--grace", type=int, metavar="G",
+        help="soft ending for every budgeted request: after B, end thinking at the first line "
+        "or sentence end, at the latest after B + G tokens (docs/spec.md §2.7)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--budgets-file", metavar="YAML",
+        help="default_budget, reasoning_effort_budgets, grace in a file (options win)",
+    )  # fmt: skip
 
 
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
@@ -70,7 +103,7 @@ def split_args(args: argparse.Namespace) -> tuple[argparse.Namespace, list[str]]
     if own:
         parser = argparse.ArgumentParser(prog="budgetthinker serve", add_help=False)
         _own_options(parser)
-        parser.set_defaults(**{k: getattr(args, k) for k in ("host", "port", "ready_timeout")})
+        parser.set_defaults(**{k: getattr(args, k, None) for k in OWN_OPTIONS})
         parsed, unknown = parser.parse_known_args(own)
         if unknown:
             raise UserError(
@@ -83,9 +116,14 @@ def split_args(args: argparse.Namespace) -> tuple[argparse.Namespace, list[str]]
 
 def run_serve(args: argparse.Namespace) -> int:
     args, vllm_args = split_args(args)
+    budgets = serve_budgets(
+        args.default_budget, args.reasoning_effort_budgets, args.grace, args.budgets_file
+    )
     if args.port:
         check_port(args.host, args.port)  # first: before seconds of loading
-    server = Server(args.model, host=args.host, port=args.port, vllm_args=vllm_args)
+    server = Server(
+        args.model, host=args.host, port=args.port, vllm_args=vllm_args, budgets=budgets
+    )
     # SIGTERM (a supervisor, a test) and SIGHUP (the terminal closed) must stop the engine too:
     # run the `finally` below
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -218,15 +256,24 @@ class Server:
     """One `vllm serve` child process on a prepared model."""
 
     def __init__(
-        self, model: str, *, host: str = "127.0.0.1", port: int = 8000, vllm_args=()
+        self,
+        model: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        vllm_args=(),
+        budgets: ServeBudgets | None = None,
     ) -> None:
         from budgetthinker.generation import require_vllm
 
         require_vllm()
         self.model_dir = resolve_model(model)
+        from budgetthinker.control_spec import has_spec, load_spec
         from budgetthinker.preparation.loading import load_tokenizer
 
         load_tokenizer(self.model_dir)  # a spec that does not match it stops here, in one line
+        self.budgets = budgets or ServeBudgets()
+        self.budgets.check(load_spec(self.model_dir) if has_spec(self.model_dir) else None)
         self.host = host
         self.port = port or free_port(host)
         self.vllm_args = list(vllm_args)
@@ -271,6 +318,7 @@ class Server:
         from budgetthinker.patches.serve_guard import MODEL_ENV
 
         env[MODEL_ENV] = str(self.model_dir)
+        env[BUDGETS_ENV] = self.budgets.to_env()
         cmd = self.command()
         print("[serve] " + " ".join(cmd[2:]), file=sys.stderr, flush=True)
         self.process = subprocess.Popen(

@@ -32,6 +32,7 @@ from budgetthinker.forcing import FREE, Forcer
 from budgetthinker.patches.masking import force_tokens
 from budgetthinker.patches.vllm_params import (
     EXTRA_KEYS,
+    boundaries_for,
     decode_budget,
     load_checked_spec,
     plan_for,
@@ -53,6 +54,9 @@ class BudgetForcingProcessor(LogitsProcessor):
         self.model_dir = model_config.model
         self.tokenizer_name = model_config.tokenizer
         self.spec: ControlSpec | None = load_checked_spec(self.model_dir, self.tokenizer_name)
+        self.boundaries = (
+            boundaries_for(self.tokenizer_name or self.model_dir) if self.spec else frozenset()
+        )
         self.device = device
         self.rows: dict[int, tuple[Forcer, list[int]]] = {}
 
@@ -65,6 +69,7 @@ class BudgetForcingProcessor(LogitsProcessor):
             params.extra_args,
             lambda: decode_budget(self.tokenizer_name, prompt_ids or []),
             self.model_dir,
+            self.boundaries,
         )
 
     def update_state(self, batch_update: BatchUpdate | None) -> None:

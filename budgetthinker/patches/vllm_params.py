@@ -9,6 +9,8 @@ Imports neither vLLM nor torch: vLLM validates parameters in its front-end proce
     control     bool/0/1   0: no control tokens (two-stage suffix only), default 1
     force       bool/0/1   0 turns forcing off for this request (also the prompt fallback)
     stop_at_think_end  bool/0/1  1 (default): no control tokens after `</think>`
+    grace       int >= 0   soft ending (implies two_stage): the suffix may start after B at the
+                           first boundary token, at the latest after B + grace (docs/spec.md §2.7)
 """
 
 from __future__ import annotations
@@ -19,11 +21,11 @@ from functools import lru_cache
 
 from budgetthinker.control_spec import ControlSpec, check_tokenizer, has_spec, load_spec
 from budgetthinker.errors import UserError
-from budgetthinker.forcing import ForcingPlan, make_plan
+from budgetthinker.forcing import ForcingPlan, check_grace, make_plan
 
 logger = logging.getLogger(__name__)
 
-EXTRA_KEYS = ("budget", "two_stage", "suffix", "control", "force", "stop_at_think_end")
+EXTRA_KEYS = ("budget", "two_stage", "suffix", "control", "force", "stop_at_think_end", "grace")
 FALLBACK_WINDOW = 512  # prompt tokens decoded when looking for a budget tip
 
 
@@ -46,6 +48,26 @@ def validate_extra(extra: Mapping | None) -> None:
             flag(extra, key, False)
     if extra.get("suffix", "eval") not in ("eval", "rl"):
         raise ValueError(f"extra_args['suffix'] must be 'eval' or 'rl', got {extra['suffix']!r}")
+    if extra.get("grace") is not None:
+        try:
+            check_grace(extra["grace"])
+        except UserError as e:
+            raise ValueError(f"extra_args['grace']: {e}") from None
+        if not flag(extra, "two_stage", True):
+            raise ValueError(
+                "extra_args['grace'] is the soft two-stage ending; it cannot go with two_stage: 0"
+            )
+
+
+def plan_settings(extra: Mapping) -> dict:
+    """`make_plan`'s keyword arguments for validated `extra` (budget and boundaries aside)."""
+    return {
+        "control": flag(extra, "control", True),
+        "two_stage": flag(extra, "two_stage", False),
+        "suffix": extra.get("suffix", "eval"),
+        "stop_at_think_end": flag(extra, "stop_at_think_end", True),
+        "grace": extra.get("grace"),
+    }
 
 
 def check_admission(extra: Mapping, spec: ControlSpec | None) -> None:
@@ -64,14 +86,7 @@ def check_admission(extra: Mapping, spec: ControlSpec | None) -> None:
     if spec is None:
         raise ValueError("the served model has no control-token spec, so no budget can be forced")
     try:
-        make_plan(
-            spec,
-            extra["budget"],
-            control=flag(extra, "control", True),
-            two_stage=flag(extra, "two_stage", False),
-            suffix=extra.get("suffix", "eval"),
-            stop_at_think_end=flag(extra, "stop_at_think_end", True),
-        )
+        make_plan(spec, extra["budget"], **plan_settings(extra))
     except UserError as e:
         raise ValueError(str(e)) from None
 
@@ -101,6 +116,7 @@ def plan_for(
     extra: Mapping | None,
     prompt_budget: Callable[[], int | None],
     model_dir: str,
+    boundaries: frozenset[int] = frozenset(),
 ) -> ForcingPlan | None:
     """The plan a request asks for, or None (left untouched). `prompt_budget` is called only for
     the fallback. Settings that do not suit the model are logged and the request runs unforced:
@@ -117,14 +133,7 @@ def plan_for(
         logger.warning("%s has no control-token spec; budget ignored", model_dir)
         return None
     try:
-        return make_plan(
-            spec,
-            budget,
-            control=flag(extra, "control", True),
-            two_stage=flag(extra, "two_stage", False),
-            suffix=extra.get("suffix", "eval"),
-            stop_at_think_end=flag(extra, "stop_at_think_end", True),
-        )
+        return make_plan(spec, budget, boundaries=boundaries, **plan_settings(extra))
     except UserError as e:
         logger.warning("request left unforced: %s", e)
         return None
@@ -135,6 +144,15 @@ def _tokenizer(name: str):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(name)
+
+
+@lru_cache(maxsize=4)
+def boundaries_for(tokenizer_name: str) -> frozenset[int]:
+    """The soft ending's boundary token ids of the engine's tokenizer, built once per process
+    (one object, so `ForcingSlots` recognises its own plans by identity)."""
+    from budgetthinker.delimiters import boundary_token_ids
+
+    return boundary_token_ids(_tokenizer(tokenizer_name))
 
 
 def decode_budget(tokenizer_name: str, prompt_ids: list[int]) -> int | None:

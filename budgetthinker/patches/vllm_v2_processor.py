@@ -42,6 +42,7 @@ from budgetthinker.control_spec import ControlSpec
 from budgetthinker.patches.forcing_slots import ForcingSlots, step_and_force
 from budgetthinker.patches.vllm_params import (
     FALLBACK_WINDOW,
+    boundaries_for,
     decode_budget,
     load_checked_spec,
     plan_for,
@@ -74,8 +75,11 @@ class BudgetForcingProcessorV2(LogitsProcessor):
         if self.spec is None:
             logger.warning("%s has no control-token spec; budgets are ignored", self.model_dir)
         self.req_states = req_states
+        self.boundaries = (
+            boundaries_for(self.tokenizer_name or self.model_dir) if self.spec else frozenset()
+        )
         self.slots = (
-            ForcingSlots(self.spec, req_states.max_num_reqs, req_states.device)
+            ForcingSlots(self.spec, req_states.max_num_reqs, req_states.device, self.boundaries)
             if self.spec is not None
             else None
         )
@@ -90,7 +94,7 @@ class BudgetForcingProcessorV2(LogitsProcessor):
             self.slots.admit(req_idx, None, 0)  # decided in apply_staged_writes
             self._fallback[req_idx] = sampling_params
             return True
-        plan = plan_for(self.spec, extra, lambda: None, self.model_dir)
+        plan = plan_for(self.spec, extra, lambda: None, self.model_dir, self.boundaries)
         return self._admit(req_idx, plan)
 
     def _admit(self, req_idx: int, plan) -> bool:
@@ -112,6 +116,7 @@ class BudgetForcingProcessorV2(LogitsProcessor):
                 params.extra_args,
                 lambda p=prompt: decode_budget(self.tokenizer_name, p),
                 self.model_dir,
+                self.boundaries,
             )
             self._admit(req_idx, plan)
         self._fallback.clear()

@@ -30,8 +30,8 @@ def add_rl_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run",
         action="store_true",
-        help="verl: compose and check the config, write the curriculum data, print the verl "
-        "command, do not train",
+        help="check the recipe, model and data and print what would run; write nothing, "
+        "train nothing (verl: also verl's own config checks and the verl command)",
     )
     parser.add_argument(
         "overrides",
@@ -67,6 +67,18 @@ def run_rl(args: argparse.Namespace) -> int:
     cfg = load_rl_config(str(recipe), overrides)
     if cfg.engine != "trl":
         raise UserError(f"engine {cfg.engine!r} is not available; use --engine trl")
+    if args.dry_run:
+        from budgetthinker.rl.trl_grpo import check
+
+        model_dir, _spec, train_rows, val_rows = check(cfg)
+        t = cfg.trainer
+        print(
+            f"dry run: would train {model_dir} with TRL GRPO for {t.max_steps} steps on "
+            f"{len(train_rows)} training and {len(val_rows)} validation problems "
+            f"(rollout.n {cfg.rollout.n}, budgets {cfg.curriculum.budgets}) → {cfg.run_dir}; "
+            "nothing written"
+        )
+        return 0
     from budgetthinker.rl.trl_grpo import train
 
     summary = train(cfg)

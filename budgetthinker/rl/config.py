@@ -14,6 +14,7 @@ from budgetthinker import aliases
 from budgetthinker.config import check_compat, load_config, recipes_root, shipped_recipes
 from budgetthinker.config import resolve_recipe as resolve_shipped
 from budgetthinker.errors import UserError
+from budgetthinker.evaluation.tracking import check_report_to
 from budgetthinker.outputs import plain_name, user_path
 from budgetthinker.rl.budget_rollout import check_two_stage_request
 from budgetthinker.rl.curriculum import CurriculumConfig
@@ -111,8 +112,9 @@ class TrainerConfig:
             step accumulates `global_batch_size × rollout.n / micro_batch_size` of them. Unset:
             the whole global batch in one pass (no accumulation).
         max_steps (`int`, *optional*): stop after this many optimiser steps (smoke runs).
-        report_to (`str`, *optional*, defaults to `"none"`): transformers' loggers, e.g.
-            `tensorboard` or `wandb` (comma-separated for several); logs under the run folder.
+        report_to (`str`, *optional*, defaults to `"none"`): `none`, `tensorboard` or `wandb`
+            (`tensorboard,wandb` for both), handed to TRL's `report_to`; logs under the run
+            folder (`logs/`, `wandb/`; `WANDB_MODE=offline` logs without an account).
     """
 
     epochs: int = 8
@@ -126,9 +128,10 @@ class TrainerConfig:
     max_steps: int | None = None
     save_every_epoch: bool = True
     seed: int = 1
-    report_to: str = "none"
+    report_to: str | list[str] = "none"
 
     def __post_init__(self) -> None:
+        check_report_to(self.report_to, "trainer.report_to")
         if self.rollout_batch_size % self.global_batch_size:
             raise ValueError(
                 f"trainer.global_batch_size {self.global_batch_size} must divide "

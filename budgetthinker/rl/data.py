@@ -1,4 +1,5 @@
-"""RL problems: parquet or JSONL files with a problem and an answer column, or synthetic ones.
+"""RL problems: parquet or JSONL files with a problem and an answer column, reasoning-gym tasks
+(`rg:<task>` in the file lists, `data.rg.<task>` as in evaluation), or synthetic ones.
 
 The release data (`train_RL.parquet`, `math500_RL.parquet`) has columns `problem` and `answer`, and
 its problems already start with the system line; it is stripped here so that the one prompt
@@ -8,11 +9,12 @@ function (`budgetthinker.prompts.user_content`) adds it exactly once, with the b
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from budgetthinker.control_spec import Mode
 from budgetthinker.errors import UserError
+from budgetthinker.evaluation.gym_tasks import GymTaskConfig, check_tasks, gym_problems, is_gym
 from budgetthinker.prompts import SYSTEM_LINE, user_content
 from budgetthinker.synthetic import synthetic_problems
 
@@ -29,13 +31,19 @@ class RLDataConfig:
     """Where the RL problems come from; empty `train_files` → synthetic problems.
 
     Args:
-        train_files (`list[str]`, *optional*): parquet or JSONL files; `[]`: synthetic problems;
-            `null` (the release recipes): must be set, the recipe names no data a user has.
-        val_files (`list[str]`, *optional*): validation files (empty: no validation; `null`:
-            must be set).
+        train_files (`list[str]`, *optional*): parquet or JSONL files, or reasoning-gym tasks
+            `rg:<task>`; `[]`: synthetic problems; `null` (the release recipes): must be set,
+            the recipe names no data a user has.
+        val_files (`list[str]`, *optional*): validation files or `rg:<task>` (empty: no
+            validation; `null`: must be set); a task's validation problems use its seed + size
+            (reasoning-gym draws problem i of seed s from s + i, so they follow the training
+            problems without overlap).
         problem_key (`str`, *optional*, defaults to `"problem"`): column with the problem text.
         answer_key (`str`, *optional*, defaults to `"answer"`): column with the gold answer.
         limit (`int`, *optional*): use only the first `limit` rows of each split.
+        rg (`dict`, *optional*): per reasoning-gym task: `size`, `seed`, `level`, `settings`
+            (`budgetthinker.evaluation.gym_tasks.GymTaskConfig`, the keys of evaluation's
+            `data.rg`).
     """
 
     train_files: list[str] | None = field(default_factory=list)
@@ -44,6 +52,12 @@ class RLDataConfig:
     answer_key: str = "answer"
     limit: int | None = None
     synthetic: SyntheticRLConfig = field(default_factory=SyntheticRLConfig)
+    rg: dict[str, GymTaskConfig] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        names = [str(f) for f in (self.train_files or []) + (self.val_files or [])]
+        if self.rg or any(is_gym(n) for n in names):
+            check_tasks(names, self.rg, "data.rg")
 
 
 @dataclass(frozen=True)
@@ -78,17 +92,32 @@ def load_split(cfg: RLDataConfig, split: str = "train", prefix: str = "data.") -
             for p in synthetic_problems(syn.n, seed=syn.seed, num_steps=syn.steps)
         ]
     else:
-        rows = [r for f in files for r in read_file(f, cfg.problem_key, cfg.answer_key)]
+        rows = [r for f in files for r in read_source(str(f), cfg, split, key)]
     return rows[: cfg.limit] if cfg.limit is not None else rows
 
 
-def read_file(
-    path: str, problem_key: str = "problem", answer_key: str = "answer"
+def read_source(
+    name: str, cfg: RLDataConfig, split: str = "train", key: str = ""
 ) -> list[RLProblem]:
-    """Rows of one parquet or JSONL file; a missing column or empty value is a `UserError`."""
+    """The problems of one entry of a file list: a reasoning-gym task `rg:<task>` (validation:
+    seed + size, the problems after the training ones) or a parquet / JSONL file."""
+    if not is_gym(name):
+        return read_file(name, cfg.problem_key, cfg.answer_key, key)
+    task = cfg.rg.get(name[3:]) or GymTaskConfig()
+    if split != "train":
+        task = replace(task, seed=task.seed + task.size)
+    return [RLProblem(p.question, p.answer) for p in gym_problems(name, task)]
+
+
+def read_file(
+    path: str, problem_key: str = "problem", answer_key: str = "answer", key: str = ""
+) -> list[RLProblem]:
+    """Rows of one parquet or JSONL file; a missing column or empty value is a `UserError`.
+    `key` is the recipe key that named the file (verl's sit under `budgetthinker.data.`)."""
     p = Path(path)
     if not p.is_file():
-        raise UserError(f"RL data file {path} does not exist; set data.train_files / val_files")
+        where = key or "data.train_files / data.val_files"
+        raise UserError(f"RL data file {path} does not exist; fix {where} (see docs/data.md)")
     if p.suffix == ".parquet":
         import pyarrow.parquet as pq
 

@@ -35,6 +35,7 @@ from budgetthinker.control_spec import (
     load_spec,
 )
 from budgetthinker.errors import UserError
+from budgetthinker.evaluation.tracking import finish_runs, hf_report_to, log_dirs
 from budgetthinker.forcing import make_plan, thinking_cap
 from budgetthinker.prompts import chat_prompt
 from budgetthinker.rl.budget_rollout import (
@@ -234,16 +235,10 @@ def _spec_callback(spec_file: Path):
     return KeepSpec()
 
 
-def train(cfg: RLConfig) -> dict[str, Any]:
-    """Run GRPO with TRL; returns a summary (per-step reward and wall time, output folder)."""
-    require_trl()
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
-    import torch
-    from datasets import Dataset
-    from transformers import TrainerCallback
-    from trl import GRPOConfig, GRPOTrainer
-
-    from budgetthinker.preparation.models import load_causal_lm, load_tokenizer, resolve_model
+def check(cfg: RLConfig) -> tuple[str, Any, list, list]:
+    """Everything `train` checks before loading a model (what `--dry-run` runs; it writes
+    nothing): the model's spec, every curriculum budget against its mode, the problems."""
+    from budgetthinker.preparation.models import resolve_model
 
     model_dir = str(resolve_model(cfg.model, prepared=True))
     spec = load_spec(model_dir)
@@ -256,6 +251,21 @@ def train(cfg: RLConfig) -> dict[str, Any]:
             f"{len(train_rows)} training problems are fewer than trainer.rollout_batch_size "
             f"{cfg.trainer.rollout_batch_size}"
         )
+    return model_dir, spec, train_rows, val_rows
+
+
+def train(cfg: RLConfig) -> dict[str, Any]:
+    """Run GRPO with TRL; returns a summary (per-step reward and wall time, output folder)."""
+    require_trl()
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    import torch
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from budgetthinker.preparation.models import load_causal_lm, load_tokenizer
+
+    model_dir, spec, train_rows, val_rows = check(cfg)
     out_dir = cfg.run_dir
     tokenizer = load_tokenizer(model_dir)
     tokenizer.padding_side = "left"
@@ -265,8 +275,9 @@ def train(cfg: RLConfig) -> dict[str, Any]:
     t = cfg.trainer
     # Sequences per forward/backward pass; the optimiser step accumulates the global batch.
     micro = t.micro_batch_size or t.global_batch_size * n
-    # transformers 5 dropped `logging_dir`; its TensorBoard callback reads this variable.
-    os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(out_dir / "logs"))
+    # transformers 5 dropped `logging_dir`; its TensorBoard callback reads a variable (and W&B
+    # its own): <run>/logs and <run>/wandb unless the environment names other folders.
+    log_dirs(out_dir)
     args = GRPOConfig(
         output_dir=str(out_dir),
         num_generations=n,
@@ -293,7 +304,7 @@ def train(cfg: RLConfig) -> dict[str, Any]:
         save_strategy="epoch" if t.save_every_epoch else "no",
         eval_strategy="epoch" if val_rows else "no",
         per_device_eval_batch_size=n * max(1, min(len(val_rows), t.global_batch_size)),
-        report_to=[r.strip() for r in t.report_to.split(",") if r.strip()] or "none",
+        report_to=hf_report_to(t.report_to, "trainer.report_to"),
         disable_tqdm=False,
     )
     rollout = BudgetRollout(spec, tokenizer, cfg)
@@ -330,7 +341,10 @@ def train(cfg: RLConfig) -> dict[str, Any]:
         rollout_func=rollout,
         callbacks=[_spec_callback(Path(model_dir) / SPEC_FILENAME), StepLog()],
     )
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        finish_runs()  # the W&B run is complete when `budgetthinker rl` returns
     final = out_dir / "final"
     trainer.save_model(str(final))
     tokenizer.save_pretrained(str(final))

@@ -105,7 +105,8 @@ def curriculum_stream(
     if per_epoch == 0:
         raise UserError(
             f"{n_problems} training problems are fewer than data.train_batch_size {batch_size}; "
-            "lower the batch size or add problems"
+            "lower the batch size or add problems (synthetic problems: "
+            "budgetthinker.data.synthetic.n=N)"
         )
     stream = []
     for epoch in range(1, epochs + 1):

@@ -15,10 +15,12 @@ forcing switches) that verl ignores. The launcher:
    `trainer.save_freq` to one curriculum epoch unless given; checks the result with verl's own
    `validate_config`; writes the resolved config next to the data;
 4. replaces itself with `python -m verl.trainer.main_ppo …` (Ray: one node or many, see
-   docs/stages/rl.md), with TensorBoard logs in `runs/<experiment>/tensorboard` unless
-   `TENSORBOARD_DIR` is set.
+   docs/stages/rl.md), logging to `budgetthinker.report_to` (verl's `trainer.logger`): TensorBoard
+   in `runs/<experiment>/tensorboard` unless `TENSORBOARD_DIR` is set, W&B under
+   `runs/<experiment>/wandb` unless `WANDB_DIR` is set.
 
-`--dry-run` stops after step 3 and prints the verl command: everything but training runs on CPU.
+`--dry-run` runs steps 1–3 in a temporary folder and prints the verl command: everything but
+training runs on CPU, and nothing is written to the run folder.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +39,7 @@ from budgetthinker import aliases
 from budgetthinker.config import build, check_compat
 from budgetthinker.control_spec import load_spec
 from budgetthinker.errors import UserError
+from budgetthinker.evaluation.tracking import WANDB_PROJECT, check_report_to, verl_loggers
 from budgetthinker.outputs import atomic_text, plain_name
 from budgetthinker.preparation.models import DEFAULT, resolve_model
 from budgetthinker.rl.config import BudgetRolloutConfig
@@ -70,6 +74,10 @@ class VerlRecipe:
             validation_two_stage, two_stage_answer_tokens, two_stage_request).
         compat (`list[str]`): `[seed]` switches every rollout improvement back to the original
             (and the reward to the original answer rule).
+        report_to (`str`): `none`, `tensorboard` or `wandb` (`tensorboard,wandb` for both),
+            handed to verl's `trainer.logger` (with `console`, always); logs go to
+            `runs/<experiment>/tensorboard` and `runs/<experiment>/wandb` unless
+            `TENSORBOARD_DIR` / `WANDB_DIR` say otherwise.
     """
 
     experiment: str = "8ratio_v1"
@@ -79,8 +87,10 @@ class VerlRecipe:
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     rollout: BudgetRolloutConfig = field(default_factory=BudgetRolloutConfig)
     compat: list[str] = field(default_factory=list)
+    report_to: str | list[str] = "tensorboard"
 
     def __post_init__(self) -> None:
+        check_report_to(self.report_to, "budgetthinker.report_to")
         self.compat = check_compat(self.compat, ("seed",), "budgetthinker.compat")
         self.rollout.apply_compat(self.compat)
         plain_name(self.experiment, "experiment")  # it becomes <output_dir>/<experiment>/
@@ -175,11 +185,17 @@ class Prepared:
     config: Any = None
 
 
-def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
-    """Steps 1–3 of the module docstring; nothing GPU-bound."""
+def prepare(recipe: Path, user_overrides: list[str], scratch: Path | None = None) -> Prepared:
+    """Steps 1–3 of the module docstring; nothing GPU-bound. With `scratch` (a dry run) the data
+    and the resolved config are written there instead of the run folder, which stays untouched."""
     from omegaconf import OmegaConf
 
     check_moved_keys(list(user_overrides))
+    if any(o.lstrip("+~").startswith("trainer.logger=") for o in user_overrides):
+        raise UserError(
+            "set the loggers with budgetthinker.report_to=none|tensorboard|wandb (it becomes "
+            "verl's trainer.logger, with console), not trainer.logger"
+        )
     overrides = alias_overrides() + list(user_overrides)
     cfg = compose(recipe, overrides)
     if "budgetthinker" not in cfg:
@@ -218,13 +234,14 @@ def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
             "train",
         )
     run_dir = Path(bt.output_dir) / bt.experiment
+    written = scratch if scratch is not None else run_dir
     from verl.utils import hf_tokenizer
 
     tokenizer = hf_tokenizer(model, trust_remote_code=bool(cfg.data.get("trust_remote_code")))
     chat_kwargs = OmegaConf.select(cfg, "data.apply_chat_template_kwargs", default=None)
     chat_kwargs = OmegaConf.to_container(chat_kwargs) if chat_kwargs else {}
     data = write_verl_data(
-        run_dir / "data",
+        written / "data",
         train,
         val,
         Curriculum(bt.curriculum),
@@ -243,6 +260,7 @@ def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
         # overlong prompts are already out of the stream; a row verl dropped would shift batches
         "data.filter_overlong_prompts=false",
         f"actor_rollout_ref.rollout.agent.agent_loop_config_path={_quote(str(AGENT_LOOPS_FILE))}",
+        f"trainer.logger=[{','.join(verl_loggers(bt.report_to, 'budgetthinker.report_to'))}]",
     ]
     if "seed" in bt.compat:  # every rollout switch back to the original, read by the agent loop
         launch += [f"budgetthinker.rollout.{key}={value}" for key, value in SEED_ROLLOUT.items()]
@@ -254,8 +272,8 @@ def prepare(recipe: Path, user_overrides: list[str]) -> Prepared:
     final = overrides + launch
     resolved = compose(recipe, final)
     _validate(resolved)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_text(run_dir / "verl_config.yaml", OmegaConf.to_yaml(resolved))
+    written.mkdir(parents=True, exist_ok=True)
+    atomic_text(written / "verl_config.yaml", OmegaConf.to_yaml(resolved))
     command = [
         sys.executable,
         "-m",
@@ -283,12 +301,31 @@ def _validate(cfg: Any) -> None:
 
 
 def run(recipe: Path, user_overrides: list[str], dry_run: bool = False) -> int:
+    """Prepare and start verl; a dry run checks everything in a temporary folder, prints the
+    command (with the run folder's paths) and writes nothing."""
     require_verl()
-    prepared = prepare(recipe, user_overrides)
+    if not dry_run:
+        return _launch(prepare(recipe, user_overrides))
+    with tempfile.TemporaryDirectory(prefix="budgetthinker-dry-run-") as scratch:
+        prepared = prepare(recipe, user_overrides, scratch=Path(scratch))
+        _summarise(prepared, Path(scratch), "would write")
+        real = str(prepared.run_dir.resolve())
+        command = [part.replace(str(Path(scratch).resolve()), real) for part in prepared.command]
+        tensorboard = os.environ.get("TENSORBOARD_DIR") or str(Path(real) / "tensorboard")
+        wandb = os.environ.get("WANDB_DIR") or real
+        env = [f"TENSORBOARD_DIR={tensorboard}", f"WANDB_DIR={wandb}"]
+        print(shlex.join(["env", *env, *command]))
+        print(f"[rl] dry run: nothing written to {prepared.run_dir}", file=sys.stderr)
+    return 0
+
+
+def _summarise(prepared: Prepared, written: Path, verb: str) -> None:
+    """The curriculum and config lines, with the run folder's paths (also in a dry run)."""
     data = prepared.data
+    train_file = prepared.run_dir / data.train_file.resolve().relative_to(written.resolve())
     print(
         f"[rl] curriculum stream: {data.total_steps} steps ({data.steps_per_epoch} per epoch) "
-        f"→ {data.train_file}",
+        f"→ {train_file}",
         file=sys.stderr,
     )
     for line in epoch_summary(data.budgets, data.steps_per_epoch):
@@ -299,16 +336,23 @@ def run(recipe: Path, user_overrides: list[str], dry_run: bool = False) -> int:
             "problems whose prompt is longer than data.max_prompt_length tokens",
             file=sys.stderr,
         )
-    print(f"[rl] resolved verl config → {prepared.run_dir / 'verl_config.yaml'}", file=sys.stderr)
+    print(
+        f"[rl] resolved verl config {verb} {prepared.run_dir / 'verl_config.yaml'}", file=sys.stderr
+    )
+
+
+def _launch(prepared: Prepared) -> int:
+    """Replace this process with verl's trainer."""
+    _summarise(prepared, prepared.run_dir, "→")
     # verl's TensorBoard logger writes here (its default is ./tensorboard_log/…); the original
     # launch script set TENSORBOARD_DIR per experiment too.
     tensorboard = os.environ.get("TENSORBOARD_DIR") or str(
         prepared.run_dir.resolve() / "tensorboard"
     )
-    if dry_run:
-        print(shlex.join(["env", f"TENSORBOARD_DIR={tensorboard}", *prepared.command]))
-        return 0
+    wandb = os.environ.get("WANDB_DIR") or str(prepared.run_dir.resolve())
     os.environ["TENSORBOARD_DIR"] = tensorboard
+    os.environ["WANDB_DIR"] = wandb
+    os.environ.setdefault("WANDB_PROJECT", WANDB_PROJECT)
     sys.stdout.flush()
     sys.stderr.flush()
     os.execv(prepared.command[0], prepared.command)

@@ -45,6 +45,7 @@ from budgetthinker.config import (
 )
 from budgetthinker.control_spec import SPEC_FILENAME
 from budgetthinker.errors import UserError
+from budgetthinker.evaluation.tracking import finish_runs, hf_report_to, log_dirs
 from budgetthinker.outputs import atomic_json, atomic_text, user_path
 from budgetthinker.preparation.models import resolve_model
 from budgetthinker.sft.loss import parse_special_token_loss
@@ -111,6 +112,8 @@ def load_lf_recipe(
         ours = merge(ours, aliases.nested(aliases.read(aliases_of)))
     ours = merge(ours, extra.pop("budgetthinker", {}))
     lf_args = merge(raw, extra)
+    if "report_to" in lf_args:  # LLaMA-Factory's own key, with the one meaning of every stage
+        lf_args["report_to"] = hf_report_to(lf_args["report_to"])
     _resolve_shipped_file(lf_args, "deepspeed")
     return lf_args, build(options, ours, "budgetthinker")
 
@@ -280,6 +283,7 @@ def run_sft(config: str | os.PathLike, overrides: list[str] = ()) -> list[Path]:
     for i, args in enumerate(runs(lf_args, opts)):
         out = Path(args["output_dir"])
         out.mkdir(parents=True, exist_ok=True)
+        log_dirs(out)  # report_to's logs: <output_dir>/logs, <output_dir>/wandb
         spec_dir = model_dir if i == 0 else outputs[-1]
         resolved = dict(args)
         resolved["budgetthinker"] = {
@@ -311,7 +315,10 @@ def run_sft(config: str | os.PathLike, overrides: list[str] = ()) -> list[Path]:
         else:
             from budgetthinker.sft.worker import run
 
-            run(path)
+            try:
+                run(path)
+            finally:
+                finish_runs()  # a W&B run of this stage is complete before the next one starts
         print(
             f"[budgetthinker] SFT run {i + 1} done in {time.perf_counter() - start:.1f} s",
             flush=True,

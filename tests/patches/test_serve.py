@@ -260,3 +260,173 @@ def test_vllm_options_go_after_the_double_dash():
     ns.rest = ["--max-model-len", "4096"]
     with pytest.raises(UserError, match="after `--`: budgetthinker serve m -- --max-model-len"):
         split_args(ns)
+
+
+# --------------------------------------------------------------------------------------------
+# Budget dialects, the soft ending and usage, on one server with defaults (issue #23)
+
+EFFORTS = {"low": 16, "high": 40}
+DEFAULT_BUDGET = 24
+
+
+@pytest.fixture(scope="module")
+def budget_server(prepared_model):
+    """`budgetthinker serve default --default-budget 24 --reasoning-effort-budgets …`."""
+    from tests.conftest import serve_session
+
+    yield from serve_session(
+        ["--default-budget", str(DEFAULT_BUDGET), "--reasoning-effort-budgets",
+         json.dumps(EFFORTS)]
+    )  # fmt: skip
+
+
+def post_full(url: str, path: str, body: dict) -> tuple[dict, dict]:
+    """The JSON answer and the response headers."""
+    request = urllib.request.Request(
+        url + path, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=600) as response:
+        return json.loads(response.read()), dict(response.headers)
+
+
+def thinking_of(spec, budget: int, tokens: list[int], grace=None, bounds=frozenset()) -> int:
+    """The thinking length a `Forcer` of the request's plan counts over the output."""
+    from budgetthinker.forcing import Forcer, make_plan
+
+    forcer = Forcer(make_plan(spec, budget, grace=grace, boundaries=bounds))
+    for token in tokens:
+        forcer.feed(token)
+    return forcer.thinking_tokens
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_every_dialect_forces_its_budget_in_concurrent_mixed_requests(budget_server, spec,
+                                                                      prompt_ids):  # fmt: skip
+    """vllm_xargs, thinking_token_budget, reasoning_effort (completions and chat) and the
+    server default, sharing the batch: each gets exactly its budget's control-token positions,
+    says which in headers and usage, and reports the forcer's thinking length."""
+    name = model_name(budget_server)
+    base = completion_body(budget_server, prompt_ids[1], None)
+    messages = [{"role": "user", "content": "Explain how to add 1/3 and 1/6."}]
+    chat = {"model": name, "max_tokens": LENGTH, "temperature": 0.0, "ignore_eos": True,
+            "skip_special_tokens": False, "messages": messages}  # fmt: skip
+    cases = [  # (path, body, budget, source)
+        ("/v1/completions", {**base, "vllm_xargs": {"budget": 16}}, 16, "vllm_xargs.budget"),
+        ("/v1/completions", {**base, "thinking_token_budget": 40}, 40, "thinking_token_budget"),
+        ("/v1/completions", {**base, "reasoning_effort": "low"}, 16, "reasoning_effort 'low'"),
+        ("/v1/chat/completions", {**chat, "reasoning_effort": "high"}, 40,
+         "reasoning_effort 'high'"),
+        ("/v1/completions", base, DEFAULT_BUDGET, "default"),
+        ("/v1/chat/completions", chat, DEFAULT_BUDGET, "default"),  # no token ids asked for
+        ("/v1/completions", {**base, "vllm_xargs": {"budget": 40}, "thinking_token_budget": 40,
+                             "reasoning_effort": "high"}, 40, "vllm_xargs.budget"),
+    ]  # fmt: skip
+    with ThreadPoolExecutor(len(cases)) as pool:
+        answers = list(pool.map(lambda c: post_full(budget_server, c[0], c[1]), cases))
+    for (path, body, budget, source), (answer, headers) in zip(cases, answers, strict=True):
+        assert headers["x-budgetthinker-budget"] == str(budget), (path, body)
+        assert headers["x-budgetthinker-budget-source"] == source
+        usage = answer["usage"]
+        assert usage["budgetthinker"]["budget"] == budget
+        choice = answer["choices"][0]
+        if "return_token_ids" not in body:
+            assert "token_ids" not in choice  # asked for internally, handed back as asked
+            assert usage["completion_tokens_details"]["reasoning_tokens"] <= LENGTH
+            continue
+        tokens = choice["token_ids"]
+        assert len(tokens) == LENGTH
+        assert control_tokens(spec, tokens) == closed_form(spec, budget, LENGTH)
+        details = usage["completion_tokens_details"]
+        assert details["reasoning_tokens"] == thinking_of(spec, budget, tokens)
+        assert details["reasoning_tokens"] + details["answer_tokens"] == LENGTH
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+@pytest.mark.parametrize(
+    ("path", "extra", "message"),
+    [
+        ("/v1/completions", {"vllm_xargs": {"budget": 16}, "thinking_token_budget": 40},
+         "vllm_xargs.budget = 16 and thinking_token_budget = 40 disagree"),
+        ("/v1/chat/completions", {"thinking_token_budget": 16, "reasoning_effort": "high"},
+         "thinking_token_budget = 16 and reasoning_effort 'high' = 40 disagree"),
+        ("/v1/chat/completions", {"reasoning_effort": "medium"},
+         "reasoning_effort 'medium' is not in this server's map; it knows low (16), high (40)"),
+        ("/v1/completions", {"vllm_xargs": {"budget": 16, "grace": -1}},
+         "grace must be a whole number of tokens >= 0"),
+    ],
+)  # fmt: skip
+def test_conflicts_unknown_efforts_and_bad_grace_are_400(budget_server, prompt_ids, path, extra,
+                                                         message):  # fmt: skip
+    body = completion_body(budget_server, prompt_ids[0], None)
+    if path.endswith("chat/completions"):
+        body = {"model": body["model"], "max_tokens": 8,
+                "messages": [{"role": "user", "content": "Hi"}]}  # fmt: skip
+    with pytest.raises(urllib.error.HTTPError) as error:
+        post(budget_server, path, {**body, **extra})
+    assert error.value.code == 400
+    assert message in json.loads(error.value.read())["error"]["message"]
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_soft_ending_ends_thinking_at_the_first_boundary_in_the_window(budget_server, spec,
+                                                                       prepared_model,
+                                                                       prompt_ids):  # fmt: skip
+    """`grace`: thinking that reaches B runs on to the first line or sentence end (here inside
+    the window), then the two-stage suffix; `reasoning_tokens` is the forcer's count."""
+    from budgetthinker.forcing import make_plan, simulate
+    from budgetthinker.patches.vllm_params import boundaries_for
+
+    budget, grace, length = 16, 40, 90
+    bounds = boundaries_for(str(prepared_model))
+    suffix = list(spec.suffix_ids["eval"])
+    body = {**completion_body(budget_server, prompt_ids[2], {"budget": budget, "grace": grace}),
+            "max_tokens": length}  # fmt: skip
+    answer, headers = post_full(budget_server, "/v1/completions", body)
+    assert headers["x-budgetthinker-grace"] == str(grace)
+    tokens = answer["choices"][0]["token_ids"]
+    plan = make_plan(spec, budget, grace=grace, boundaries=bounds)
+    assert simulate(plan, tokens) == tokens  # every forced position holds the forced token
+    start = next(n for n in range(budget, budget + grace + 1)
+                 if n == budget + grace or tokens[n - 1] in bounds)  # fmt: skip
+    assert start < budget + grace, "no boundary inside the window: pick a longer grace"
+    assert tokens[start : start + len(suffix)] == suffix
+    assert spec.think_end_id not in tokens[:start]
+    thinking = tokens.index(spec.think_end_id)
+    details = answer["usage"]["completion_tokens_details"]
+    assert details["reasoning_tokens"] == thinking == thinking_of(spec, budget, tokens, grace,
+                                                                  bounds)  # fmt: skip
+    assert details["answer_tokens"] == length - thinking
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_no_budget_and_no_default_is_untouched(vllm_server, prompt_ids):
+    """On a server without defaults a request without a budget (and without a budget tip in its
+    prompt, docs/spec.md §2.3) is vLLM's own: the same tokens as with forcing off, usage as vLLM
+    counts it, and `x-budgetthinker-budget: none`."""
+    body = {**completion_body(vllm_server, prompt_ids[3], None),
+            "prompt": "Explain how to add 1/3 and 1/6, step by step."}  # fmt: skip
+    plain, headers = post_full(vllm_server, "/v1/completions", body)
+    off = post(vllm_server, "/v1/completions", {**body, "vllm_xargs": {"force": 0}})
+    assert headers["x-budgetthinker-budget"] == "none"
+    assert plain["choices"][0]["token_ids"] == off["choices"][0]["token_ids"]
+    assert "budgetthinker" not in plain["usage"]
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["--reasoning-effort-budgets", "{low: 1024}"],
+         ["--reasoning-effort-budgets is not JSON", '{"low": 1024, "medium": 4096']),
+        (["--reasoning-effort-budgets", '{"low": -3}'], ["'low' must be a positive whole"]),
+        (["--grace", "-1"], ["grace must be a whole number of tokens >= 0"]),
+        (["--default-budget", "5"], ["--default-budget: budget 5 is too small for mode 8ratio"]),
+    ],
+)  # fmt: skip
+def test_bad_budget_options_are_one_line_before_anything_starts(args, needles, tmp_path):
+    proc = cli("serve", "default", "--port", "0", *args, cwd=tmp_path, timeout=300)
+    one_line(proc, *needles)
+    assert READY_PREFIX not in proc.stdout

@@ -46,8 +46,9 @@ def test_a_budget_without_a_spec_is_refused():
     assert "no control-token spec" in refusal(body({"budget": 100}), None)
 
 
-def _call(guard, path: str, payload: bytes, chunks: int = 2):
-    """Run one request through the middleware; what the inner app received and what was sent."""
+def _call(guard, path: str, payload: bytes, chunks: int = 2, reply: bytes = b"{}"):
+    """Run one request through the middleware (the inner app answers `reply`); what the inner
+    app received and what was sent."""
     received, sent = [], []
     parts = _split(payload, chunks)
     messages = [{"type": "http.request", "body": p, "more_body": i < len(parts) - 1}
@@ -63,6 +64,7 @@ def _call(guard, path: str, payload: bytes, chunks: int = 2):
         message = await receive()
         received.append(message["body"])
         await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": reply, "more_body": False})
 
     guard.app = app
     scope = {"type": "http", "method": "POST", "path": path}
@@ -82,8 +84,14 @@ def test_the_middleware_answers_400_or_replays_the_body(monkeypatch, prepared_mo
     assert received == [] and sent[0]["status"] == 400
     error = json.loads(sent[1]["body"])["error"]
     assert error["code"] == 400 and "budget 5 is too small" in error["message"]
-    good = body({"budget": 16})
+    good = body({"budget": 16, "two_stage": 1})
     received, sent = _call(guard, "/v1/chat/completions", good, chunks=3)
-    assert received == [good] and sent[0]["status"] == 200
+    assert json.loads(received[0]) == {**json.loads(good), "return_token_ids": True}
+    assert sent[0]["status"] == 200
+    assert (b"x-budgetthinker-budget", b"16") in sent[0]["headers"]
+    plain = json.dumps({"model": "m", "messages": []}).encode()
+    received, sent = _call(guard, "/v1/chat/completions", plain)
+    assert received == [plain]  # nothing to resolve: the client's bytes
+    assert (b"x-budgetthinker-budget", b"none") in sent[0]["headers"]
     received, _ = _call(guard, "/v1/models", body({"budget": 5}))  # not a guarded path
     assert received  # passed through untouched

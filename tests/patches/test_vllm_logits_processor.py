@@ -114,6 +114,8 @@ GOOD_EXTRA_ARGS = [
     {"force": 0},
     {"force": False},
     {"force": True, "budget": 10},
+    {"budget": 64, "grace": 0},
+    {"budget": 64, "grace": 32, "two_stage": 1},
 ]
 
 BAD_EXTRA_ARGS = [
@@ -128,6 +130,10 @@ BAD_EXTRA_ARGS = [
     ({"budget": 64, "two_stage": "yes"}, "two_stage"),
     ({"force": "no"}, "force"),
     ({"budget": 64, "stop_at_think_end": 2}, "stop_at_think_end"),
+    ({"budget": 64, "grace": -1}, "grace"),
+    ({"budget": 64, "grace": 2.5}, "grace"),
+    ({"budget": 64, "grace": True}, "grace"),
+    ({"budget": 64, "grace": 8, "two_stage": 0}, "grace"),
 ]
 
 

@@ -204,10 +204,17 @@ def run_schedule(runner: V2Runner, reqs: list[Req], sampling, rng: random.Random
     raise AssertionError("schedule did not finish")
 
 
-def token_pool(spec) -> list[int]:
-    """Proposals: ordinary tokens, every control token, `</think>`, suffix tokens."""
+def boundary_pair(bounds) -> list[int]:
+    """Two boundary tokens of the embedded model ("." and "\\n" or whatever sorts first)."""
+    return sorted(bounds)[:2]
+
+
+def token_pool(spec, bounds=frozenset({11, 12})) -> list[int]:
+    """Proposals: ordinary tokens and two boundary tokens (the soft ending's cues; the first
+    eight are the frequent ones), every control token, `</think>`, suffix tokens."""
     suffix = [t for s in spec.suffix_ids.values() for t in s]
-    return [5, 6, 7, 8, 9, 10, 11, 12, *spec.token_ids, spec.think_end_id, *suffix]
+    return [5, 6, 7, 8, 9, 10, *boundary_pair(bounds), *spec.token_ids, spec.think_end_id,
+            *suffix]  # fmt: skip
 
 
 extras = st.one_of(
@@ -218,6 +225,7 @@ extras = st.one_of(
             "control": st.sampled_from([True, False, 1, 0]),
             "suffix": st.sampled_from(["eval", "rl"]),
             "stop_at_think_end": st.booleans(),
+            "grace": st.integers(0, 24),  # the soft ending (implies two-stage)
         },
     ),
     st.just({"force": 0}),
@@ -236,7 +244,10 @@ extras = st.one_of(
 def test_token_identical_to_forcer(v2, vllm_config, spec, drawn, seed):
     from vllm import SamplingParams
 
-    pool = token_pool(spec)
+    from budgetthinker.patches.vllm_params import boundaries_for
+
+    bounds = boundaries_for(vllm_config.model_config.tokenizer)
+    pool = token_pool(spec, bounds)
     rng = random.Random(seed)
     reqs = []
     for i, (extra, length) in enumerate(drawn):
@@ -256,6 +267,8 @@ def test_token_identical_to_forcer(v2, vllm_config, spec, drawn, seed):
                 two_stage=bool(extra.get("two_stage", False)),
                 suffix=extra.get("suffix", "eval"),
                 stop_at_think_end=bool(extra.get("stop_at_think_end", True)),
+                grace=extra.get("grace"),
+                boundaries=bounds,
             )
             expected = simulate(plan, req.proposals)
         else:
@@ -391,23 +404,28 @@ def interpreted_kernels_agree() -> int:
     rows and idle steps. Returns the number of forced tokens seen (raises on a difference)."""
     from budgetthinker.control_spec import load_spec
     from budgetthinker.patches import forcing_slots as fs
+    from budgetthinker.patches.vllm_params import boundaries_for
     from budgetthinker.preparation.models import default_prepared_dir
 
     kernels = fs._load_kernels()
-    spec = load_spec(default_prepared_dir("8ratio"))
+    model = default_prepared_dir("8ratio")
+    spec, bounds = load_spec(model), boundaries_for(str(model))
     rows, vocab = 6, max(spec.suffix_ids["eval"]) + 64
-    fused, reference = fs.ForcingSlots(spec, rows, "cpu"), fs.ForcingSlots(spec, rows, "cpu")
+    fused = fs.ForcingSlots(spec, rows, "cpu", bounds)
+    reference = fs.ForcingSlots(spec, rows, "cpu", bounds)
     for machine in (fused, reference):
         for r in range(rows):
-            plan = make_plan(spec, 16 + 8 * r, two_stage=r % 2 == 0, stop_at_think_end=r != 4)
+            grace = (0, 12)[r // 3] if r in (1, 5) else None  # two soft rows, one G = 0
+            plan = make_plan(spec, 16 + 8 * r, two_stage=r % 2 == 0, stop_at_think_end=r != 4,
+                             grace=grace, boundaries=bounds)  # fmt: skip
             machine.admit(r, plan if r != 3 else None, 4)
         machine.flush()
     ids = torch.zeros(rows, 200, dtype=torch.int32)
     total = torch.full((rows,), 4, dtype=torch.int32)
     slots = torch.tensor([5, 0, 3, 2, 1, 4], dtype=torch.int32)
     rng = random.Random(0)
-    pool = [5, 6, 7, *spec.token_ids, spec.think_end_id]
-    weights = [40, 40, 40] + [1] * (len(pool) - 3)
+    pool = [5, 6, *boundary_pair(bounds), *spec.token_ids, spec.think_end_id]
+    weights = [40, 40, 10, 10] + [1] * (len(pool) - 4)
     seen = 0
     for _ in range(150):
         a, b = torch.zeros(rows, vocab), torch.zeros(rows, vocab)
@@ -415,7 +433,8 @@ def interpreted_kernels_agree() -> int:
         kernels["step"][(rows,)](
             fused.state, slots, total, ids, ids.stride(0), fused.level_table,
             fused.level_table.numel(), fused.control_ids, fused.suffix_table,
-            fused.suffix_table.shape[1], fused.think_end_id, fa, a, a.stride(0), vocab,
+            fused.suffix_table.shape[1], fused.think_end_id, fused.boundary_table,
+            fused.boundary_table.numel(), fa, a, a.stride(0), vocab,
             NCOL=fs.COLUMNS, BLOCK=1024,
         )  # fmt: skip
         fb = fs.step_and_force(reference, b, slots, total, ids, use_kernel=False)

@@ -41,3 +41,4 @@ def test_release_dry_run_on_cpu(tmp_path):
     assert "bash rl/8ratio_v1.sh actor_rollout_ref.model.path=" in out
     assert "| total |" in out  # the GPU-hour estimate
     assert not (run / "models").exists() and not (run / "sft").exists()
+    assert not run.exists(), sorted(str(p) for p in run.rglob("*"))  # a dry run writes nothing

@@ -60,3 +60,18 @@ def test_original_variables_become_overrides():
         alias_overrides({"stage": "3"})
     with pytest.raises(UserError, match="remaining=8ratio .* or remaining=default"):
         alias_overrides({"remaining": "250"})
+
+
+def test_trl_dry_run_checks_and_writes_nothing(tmp_path, capsys, prepared_model):
+    """`budgetthinker rl --config cpu_smoke --dry-run` trains nothing and writes nothing (it
+    once trained and overwrote runs/cpu_smoke/final)."""
+    code = main(["rl", "--config", "cpu_smoke", "--dry-run", f"output_dir={tmp_path / 'runs'}"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "dry run: would train" in out and "for 2 steps on 8 training" in out
+    assert "nothing written" in out and not (tmp_path / "runs").exists()
+    # its checks are the training run's: too few problems is the same one line
+    code = main(["rl", "--config", "cpu_smoke", "--dry-run", f"output_dir={tmp_path / 'runs'}",
+                 "data.synthetic.n=1"])  # fmt: skip
+    assert code == 2 and "fewer than trainer.rollout_batch_size" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -119,3 +119,47 @@ def test_engine_and_budget_errors():
     assert main(["rl", "--config", "cpu_smoke", "curriculum.budgets=[[75]]"]) == 2
     with pytest.raises(UserError, match="unknown RL experiment"):
         load_rl_config("nope")
+
+
+GYM = ["data.train_files=[rg:basic_arithmetic]", "data.rg.basic_arithmetic.size=2",
+       "data.rg.basic_arithmetic.level=0"]  # fmt: skip
+
+
+def test_reasoning_gym_problems_as_rl_data():
+    reasoning_gym = pytest.importorskip("reasoning_gym")
+    from budgetthinker.rl.data import load_split
+
+    cfg = load_rl_config("cpu_smoke", [*GYM, "data.val_files=[rg:basic_arithmetic]"])
+    level0 = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+    for split, seed in (("train", 0), ("val", 2)):  # validation: the problems after training's
+        theirs = reasoning_gym.create_dataset("basic_arithmetic", size=2, seed=seed, **level0)
+        rows = load_split(cfg.data, split)
+        expected = [(e["question"], e["answer"]) for e in theirs]
+        assert [(r.problem, r.answer) for r in rows] == expected
+    with pytest.raises(UserError, match="unknown reasoning-gym task rg:basic_arithmatic; the"):
+        load_rl_config("cpu_smoke", ["data.train_files=[rg:basic_arithmatic]"])
+
+
+@pytest.mark.slow
+def test_cpu_smoke_step_on_reasoning_gym_logs_to_tensorboard_and_wandb(
+    tmp_path, capsys, monkeypatch
+):
+    pytest.importorskip("reasoning_gym")
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    from budgetthinker.cli import main
+    from tests.evaluation.tracked import tensorboard_tags, wandb_run
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    # one step, no validation: the smallest run that trains on the tasks and logs
+    argv = ["rl", "--engine", "trl", "--config", "cpu_smoke", f"output_dir={tmp_path}", *GYM,
+            "trainer.max_steps=1", "trainer.report_to=tensorboard,wandb"]  # fmt: skip
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(out["steps"]) == 1 and out["steps"][0]["budget"] == 100
+    run_dir = tmp_path / "cpu_smoke"
+    scalars, _ = tensorboard_tags(run_dir / "logs")
+    assert {"train/reward", "train/reward/accuracy", "train/loss"} <= set(scalars), sorted(scalars)
+    run, keys = wandb_run(run_dir)
+    assert run["project"] == "budgetthinker"
+    assert {"train/reward", "train/reward/accuracy", "train/loss"} <= keys, sorted(keys)

@@ -132,10 +132,21 @@ def test_dry_run_prints_the_verl_command(tmp_path, capsys):
     assert f"trainer.save_freq={SMALL // BATCH}" in command
     assert f'hydra.run.dir="{tmp_path / "8ratio_v1" / "hydra"}"' in command
     run = tmp_path / "8ratio_v1"
+    # the command names the run folder's files, but a dry run writes none of them
+    assert f"data.train_files=[\"{run.resolve() / 'data' / 'train.parquet'}\"]" in command
+    assert not run.exists() and sorted(tmp_path.iterdir()) == []
+    assert f"curriculum stream: {SMALL // BATCH * 8} steps" in captured.err
+    assert "nothing written" in captured.err
+
+
+def test_prepare_writes_the_data_and_the_resolved_config(tmp_path):
+    prepared = prepare(RECIPE, small_run(tmp_path))
+    run = tmp_path / "8ratio_v1"
     assert (run / "data" / "train.parquet").is_file() and (run / "data" / "val.parquet").is_file()
     resolved = OmegaConf.load(run / "verl_config.yaml")
     assert resolved.data.shuffle is False
     assert resolved.actor_rollout_ref.rollout.agent.agent_loop_config_path == str(AGENT_LOOPS_FILE)
+    assert prepared.run_dir == run
 
 
 def test_verl_dataset_yields_the_curriculum_prompts(tmp_path, tokenizer, spec):
@@ -295,9 +306,37 @@ def test_compat_seed_sets_the_original_rollout(tmp_path):
     )
 
 
+def test_reasoning_gym_problems_and_report_to(tmp_path):
+    """reasoning-gym tasks become verl's parquet rows through the same data function as TRL's;
+    `budgetthinker.report_to` becomes verl's `trainer.logger`."""
+    import pyarrow.parquet as pq
+
+    reasoning_gym = pytest.importorskip("reasoning_gym")
+    gym = ["budgetthinker.data.train_files=[rg:basic_arithmetic]",
+           "budgetthinker.data.val_files=[rg:basic_arithmetic]",
+           f"+budgetthinker.data.rg.basic_arithmetic={{size: {SMALL}, level: 0}}",
+           "budgetthinker.report_to=[tensorboard,wandb]"]  # fmt: skip
+    prepared = prepare(RECIPE, [*small_run(tmp_path), *gym])
+    assert list(prepared.config.trainer.logger) == ["console", "tensorboard", "wandb"]
+    level0 = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 1}
+    for name, seed in (("train", 0), ("val", SMALL)):
+        theirs = reasoning_gym.create_dataset("basic_arithmetic", size=SMALL, seed=seed, **level0)
+        rows = pq.read_table(tmp_path / "8ratio_v1" / "data" / f"{name}.parquet").to_pylist()
+        questions = {e["question"]: e["answer"] for e in theirs}
+        for row in rows:
+            asked = [q for q in questions if q in row["prompt"][-1]["content"]]
+            assert len(asked) == 1, row["prompt"]
+            assert row["reward_model"]["ground_truth"] == questions[asked[0]]
+    none = prepare(RECIPE, [*small_run(tmp_path / "none"), "budgetthinker.report_to=none"])
+    assert list(none.config.trainer.logger) == ["console"]
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [
+        ("budgetthinker.report_to=mlflow", "budgetthinker.report_to: unknown value 'mlflow'"),
+        ("trainer.logger=[console]", "budgetthinker.report_to=none|tensorboard|wandb"),
+        ("budgetthinker.data.train_files=[rg:nope]", "unknown reasoning-gym task rg:nope"),
         ("data.train_batch_sise=4", "does not compose"),
         ("budgetthinker.curriculum.budgets=[[1234]]", "1234 is not a multiple of 50"),
         ("budgetthinker.unknown=1", "does not compose"),

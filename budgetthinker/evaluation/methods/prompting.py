@@ -4,6 +4,12 @@ tokens (`control`, `prompt_v1`, `prompt_v2`, `withoutremaining`, `none`).
 One generation round; with two-stage inference the suffix is forced in the same request
 (improved) or, under `compat: seed`, appended to every output and generated in a second request
 (the original's behaviour: its cap is again B + B//50, and finished outputs get a second answer).
+
+Parameter `grace` (tokens ≥ 0, default none = the hard ending): the soft ending of
+docs/spec.md §2.7 — thinking that reaches B unfinished may run to the first line or sentence end,
+at most `grace` tokens more, then the two-stage suffix is forced in the same request (so it
+implies two-stage). `{name: control, grace: 64}` next to `control` with `two_stage: true`
+measures soft against hard ending in one sweep.
 """
 
 from __future__ import annotations
@@ -13,7 +19,7 @@ from typing import ClassVar
 from budgetthinker.control_spec import TWO_STAGE_SUFFIXES, Mode
 from budgetthinker.errors import UserError
 from budgetthinker.evaluation.methods import Episode, Method, Outcome, SampleContext, register
-from budgetthinker.forcing import thinking_cap
+from budgetthinker.forcing import check_grace, thinking_cap
 from budgetthinker.generation import BudgetSettings, GenRequest, default_max_new_tokens
 from budgetthinker.prompts import render_prompt
 
@@ -25,6 +31,18 @@ class PromptMethod(Method):
     """A prompt tip plus whether control tokens are forced."""
 
     tip: ClassVar[str] = "none"
+    defaults: ClassVar[dict] = {"grace": None}
+
+    def validate(self) -> None:
+        if self.params["grace"] is not None:
+            check_grace(self.params["grace"])
+
+    def check_compat(self, compat) -> None:
+        if self.params["grace"] is not None and "seed" in compat:
+            raise UserError(
+                f"method {self.name!r}: grace (the soft ending) forces the suffix in the same "
+                "request; compat: seed answers in a second request; drop one of them"
+            )
 
     def prompt(
         self, tokenizer, question: str, budget: int, mode: Mode | None, system_line: bool = True
@@ -32,6 +50,9 @@ class PromptMethod(Method):
         return render_prompt(tokenizer, question, budget, self.tip, mode, system_line)
 
     def max_total_tokens(self, budget, max_new_tokens, spec, two_stage) -> int:
+        if self.params["grace"] is not None:
+            settings = BudgetSettings(budget=budget, grace=self.params["grace"])
+            return max_new_tokens or default_max_new_tokens(settings, spec)
         first = super().max_total_tokens(budget, max_new_tokens, spec, two_stage)
         return first + 16 + thinking_cap(budget) if two_stage and spec is None else first
 
@@ -41,6 +62,7 @@ class PromptMethod(Method):
             two_stage=ctx.two_stage and in_request,
             control=self.forces_control,
             stop_at_think_end=ctx.stop_at_think_end,
+            grace=self.params["grace"],
         )
 
     def episode(self, ctx: SampleContext) -> Episode:

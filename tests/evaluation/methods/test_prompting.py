@@ -44,3 +44,27 @@ def test_two_stage_in_the_request_or_as_a_second_request(tokenizer, spec):
     except StopIteration as done:
         outcome = done.value
     assert outcome.output_ids == [5, 6, *suffix, 7, 8] and outcome.rounds == 2
+
+
+def test_grace_is_the_soft_ending_in_the_same_request(tokenizer, spec):
+    """`{name: control, grace: G}`: soft two-stage ending (docs/spec.md §2.7), next to `control`
+    in one sweep; not with `compat: seed`, and never below 0."""
+    import pytest
+
+    from budgetthinker.delimiters import boundary_token_ids
+    from budgetthinker.errors import UserError
+
+    method = get_method({"name": "control", "grace": 16})
+    assert method.display_name == "control[grace=16]"
+    request = next(method.episode(ctx(tokenizer, spec)))
+    assert request.settings.grace == 16 and request.settings.control
+    bounds = boundary_token_ids(tokenizer)
+    plan = request.settings.plan(spec, bounds)
+    assert (plan.grace, plan.cap, plan.boundaries) == (16, 64 + 16, bounds)
+    assert request.max_new_tokens == 2 * 80 + len(spec.suffix_ids["eval"])
+    assert request.settings.vllm_extra_args()["grace"] == 16
+    assert tokenizer.encode(".", add_special_tokens=False)[0] in bounds
+    with pytest.raises(UserError, match="grace must be a whole number of tokens >= 0"):
+        get_method({"name": "control", "grace": -1})
+    with pytest.raises(UserError, match="compat: seed answers in a second request"):
+        method.check_compat(["seed"])
