@@ -133,6 +133,7 @@ def measure(model, spec, device: torch.device, batch: int, tokens: int, prompt: 
 def step_cost(spec, device: torch.device, batch: int, length: int, vocab: int, steps=200):
     """Seconds per call of the processor (device-side path) at output length `length`."""
     from budgetthinker.forcing import make_plan
+    from budgetthinker.patches.forcing_slots import N
     from budgetthinker.patches.hf_logits_processor import BudgetForcingLogitsProcessor
 
     plans = [make_plan(spec, 10**6)] * batch
@@ -144,7 +145,7 @@ def step_cost(spec, device: torch.device, batch: int, length: int, vocab: int, s
 
     def loop():
         for _ in range(steps):
-            proc._slots.state[:, 7] = 0  # N back to 0, so that every call feeds one token
+            proc._slots.state[:, N] = 0  # N back to 0, so that every call feeds one token
             proc(grown[:, : length + 1], scores)
 
     return timed(loop, device) / steps
