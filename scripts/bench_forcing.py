@@ -125,6 +125,12 @@ def parse_args(argv=None):
         help="no repeats of disturbed pairs are started after this many seconds",
     )
     p.add_argument("--skip-hf", action="store_true", help="skip (a), transformers end to end")
+    p.add_argument(
+        "--device-side",
+        action="store_true",
+        help="(a) with the device-side path (ForcingSlots) instead of the Python one (the rule "
+        "picks Python on CPU)",
+    )
     p.add_argument("--skip-micro", action="store_true", help="skip (b), the micro-benchmarks")
     p.add_argument("--skip-vllm", action="store_true", help="skip (c) and the vLLM micro-bench")
     p.add_argument("--quick", action="store_true", help="small sizes for a smoke run")
@@ -342,7 +348,11 @@ def bench_hf(model_dir: str, args) -> dict:
     def run(arm: str, tokens: int) -> float:
         processors = LogitsProcessorList()
         if arm == "on":
-            processors.append(BudgetForcingLogitsProcessor(plans, prompt_len=width))
+            processors.append(
+                BudgetForcingLogitsProcessor(
+                    plans, prompt_len=width, device_side=True if args.device_side else None
+                )
+            )
         t0 = time.perf_counter()
         with torch.inference_mode():
             out = backend.model.generate(
@@ -707,6 +717,7 @@ def main(argv=None) -> int:
         "vllm_tok_s_active": vllm["tok_s_active"] if vllm else None,
         "vllm_pair_ratio_median": vllm["pair_ratio_median"] if vllm else None,
         "vllm_cpu_ratio": vllm["cpu_ratio"] if vllm else None,
+        "hf_path": "device-side" if args.device_side else "rule (Python on CPU)",
         "batch": args.batch,
         "tokens": args.tokens,
         "budget": args.budget,

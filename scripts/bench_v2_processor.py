@@ -30,12 +30,7 @@ import torch
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "scripts"))
-from bench_forcing_gpu import QWEN2_1P5B, spec_for_1p5b  # noqa: E402
-
-TINY_QWEN2 = dict(
-    QWEN2_1P5B, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-    num_attention_heads=4, num_key_value_heads=2,
-)  # fmt: skip
+from bench_forcing_gpu import QWEN2_1P5B, TINY_QWEN2, spec_for_1p5b  # noqa: E402
 
 
 def importable_from_source() -> None:

@@ -629,10 +629,16 @@ class Grader:
                     )
                     bar.update()
                 return results
-            if self._pool is None:
-                _math_verify()  # fail here, with the install hint, rather than in every worker
-                self._pool = Pool(self.workers, self._job(), _warm_up)
+            self.start()
             return self._pool.run(items, self.deadline, bar, _lost)
+
+    def start(self) -> None:
+        """Start `grade_many`'s worker processes now instead of at its first call: each imports
+        sympy and math-verify (seconds), and the evaluation runner has them do it while the first
+        chunk generates. No-op with one worker or once started."""
+        if self.workers > 1 and self._pool is None:
+            _math_verify()  # fail here, with the install hint, rather than in every worker
+            self._pool = Pool(self.workers, self._job(), _warm_up)
 
     def _job(self) -> Any:
         """What a worker process runs per item: `grade` with this grader's settings."""

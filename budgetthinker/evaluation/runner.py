@@ -17,6 +17,7 @@ import json
 import platform
 import sys
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -181,9 +182,7 @@ def _run_locked(cfg, backend, model_dir, spec, methods, problems, out_dir: Path,
             tqdm(total=len(pending), desc="generate+grade", unit="sample") as bar,
         ):
             try:
-                for chunk in _chunks(pending, cfg):
-                    results.append(run.records(chunk, grader))
-                    bar.update(len(chunk))
+                _generate_and_grade(run, _chunks(pending, cfg), grader, results, bar)
             finally:
                 if owned:
                     backend.close()
@@ -195,6 +194,27 @@ def _run_locked(cfg, backend, model_dir, spec, methods, problems, out_dir: Path,
     for folder in log_eval(cfg.report_to, out_dir, results.records, cfg.experiment, to_dict(cfg)):
         print(f"[eval] logged to {folder}", file=sys.stderr)
     return out_dir
+
+
+def _generate_and_grade(run: ChunkRun, chunks, grader, results: ResultsFile, bar) -> None:
+    """Chunk k is graded (and its records built) on a background thread while chunk k + 1
+    generates, so grading costs wall time only for the last chunk; the grading workers start
+    (and import) on that thread while chunk 0 generates. Records are appended in chunk order.
+    Only that thread touches the grader. A chunk whose grading fails stops the
+    run at the next chunk boundary, with its error."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="grading") as grading:
+        started = grading.submit(grader.start)  # workers import while chunk 0 generates
+        pending: tuple[list[Request], Future] | None = None
+        for chunk in chunks:
+            generated = run.generate(chunk)
+            if pending is not None:
+                results.append(pending[1].result())
+                bar.update(len(pending[0]))
+            pending = chunk, grading.submit(run.finish, chunk, generated, grader)
+        if pending is not None:
+            results.append(pending[1].result())
+            bar.update(len(pending[0]))
+        started.result()  # its error, where no chunk was graded to raise it
 
 
 class Journal:
@@ -269,10 +289,21 @@ class ChunkRun:
         )  # fmt: skip
 
     def records(self, chunk: list[Request], grader) -> list[dict]:
+        """Generate, grade and build the records of one chunk, in that order."""
+        return self.finish(chunk, self.generate(chunk), grader)
+
+    def generate(self, chunk: list[Request]) -> tuple[list[Outcome], list[str], float]:
+        """The chunk's outcomes, their decoded texts (on this thread: the tokenizer is not
+        shared with the grading thread) and the generation seconds per sample."""
         start = time.perf_counter()
         outcomes = self.outcomes(chunk)
         seconds = (time.perf_counter() - start) / len(chunk)
         texts = [self.tokenizer.decode(o.output_ids, skip_special_tokens=False) for o in outcomes]
+        return outcomes, texts, seconds
+
+    def finish(self, chunk: list[Request], generated, grader) -> list[dict]:
+        """Grade a generated chunk and build its sample records (safe on another thread)."""
+        outcomes, texts, seconds = generated
         graded = [t if o.graded_text is None else o.graded_text
                   for t, o in zip(texts, outcomes, strict=True)]  # fmt: skip
         grades = grader.grade_many([

@@ -76,6 +76,15 @@ class VLLMBackend(Backend):
     ) -> list[GenResult]:
         """One round for every request; vLLM schedules the whole list itself (`batch_size` is
         the transformers backend's and is ignored here)."""
+        prompts, params = self.engine_inputs(requests, temperature=temperature, top_p=top_p)
+        outputs = self.llm.generate(prompts, params, use_tqdm=progress is not None)
+        return [_result(r, out.outputs[0]) for r, out in zip(requests, outputs, strict=True)]
+
+    def engine_inputs(
+        self, requests: Sequence[GenRequest], *, temperature: float = 0.0, top_p: float = 1.0
+    ) -> tuple[list, list]:
+        """The `(prompts, sampling_params)` that `run` hands `LLM.generate` for `requests`
+        (`scripts/bench_harness.py` replays them on the raw engine)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
@@ -101,9 +110,7 @@ class VLLMBackend(Backend):
             )
             for i, r in enumerate(requests)
         ]
-        prompts = [TokensPrompt(prompt_token_ids=r.input_ids) for r in requests]
-        outputs = self.llm.generate(prompts, params, use_tqdm=progress is not None)
-        return [_result(r, out.outputs[0]) for r, out in zip(requests, outputs, strict=True)]
+        return [TokensPrompt(prompt_token_ids=r.input_ids) for r in requests], params
 
     def close(self) -> None:
         """Shut the engine's processes down now (instead of at interpreter exit, when the log
@@ -130,5 +137,3 @@ def _result(request: GenRequest, completion) -> GenResult:
         if request.logprobs:
             result.logprobs = [step[t].logprob for step, t in zip(steps, tokens, strict=False)]
     return result
-
-

@@ -334,8 +334,10 @@ class JobBuilder:
 class Compressor:
     """Runs the windowed rule for a batch of jobs and all ratios, batching forward passes."""
 
-    def __init__(self, scorer, opts: CTSOptions):
+    def __init__(self, scorer, opts: CTSOptions, reuse_cache: bool = True):
         self.scorer, self.opts = scorer, opts
+        # window w continues from the KV cache of window w − 1 (where the model's cache allows)
+        self.reuse_cache = reuse_cache and getattr(scorer, "can_continue", False)
         tokenizer = scorer.tokenizer
         self.prefix = scorer.special_prefix
         self.separator = list(tokenizer(SEPARATOR, add_special_tokens=False).input_ids)
@@ -349,18 +351,56 @@ class Compressor:
                 )
             self.prefix = [start]
 
+    def _contexts(self, job: Job) -> list[list[int]]:
+        """What the scored tokens follow: the unconditional pass's context, then (conditional
+        scorer) the conditional one's."""
+        plain = self.prefix + self.separator
+        if self.opts.scorer == "conditional":
+            return [plain, self.prefix + job.condition + self.separator]
+        return [plain]
+
+    def _combine(self, lps: list[torch.Tensor]) -> torch.Tensor:
+        """Scores from the passes' log-probabilities (in `_contexts` order)."""
+        return lps[1] - lps[0] if self.opts.scorer == "conditional" else -lps[0]
+
     def _score(self, requests: list[tuple[Job, tuple[int, ...], int, int]]) -> list[torch.Tensor]:
         """Scores of (kept prefix + thinking[a:ext]) for each (job, prefix, a, ext)."""
-        pairs, conditional = [], self.opts.scorer == "conditional"
+        pairs, width = [], 0
         for job, prefix, a, ext in requests:
             targets = [job.ids[i] for i in prefix] + job.ids[a:ext]
-            pairs.append((self.prefix + self.separator, targets))
-            if conditional:
-                pairs.append((self.prefix + job.condition + self.separator, targets))
+            contexts = self._contexts(job)
+            width = len(contexts)
+            pairs.extend((context, targets) for context in contexts)
         lps = self.scorer.score(pairs)
-        if conditional:
-            return [lps[2 * k + 1] - lps[2 * k] for k in range(len(requests))]
-        return [-lp for lp in lps]
+        return [self._combine(lps[k : k + width]) for k in range(0, len(lps), width)]
+
+    def _continue_windows(self, jobs: list[Job]) -> None:
+        """Windows 1, 2, … of every (job, ratio), in order, each pass continuing from the KV
+        cache of the same ratio's previous pass: the context and the tokens kept before window
+        w − 1 are not encoded again, only those kept from window w − 1 and window w itself (and
+        only window w's tokens go through the output layer). Equal kept prefixes are scored once
+        per job. One sequence per forward pass, so at most two caches (conditional and
+        unconditional) are alive at a time."""
+        for job in jobs:
+            if len(job.windows) < 2:
+                continue
+            contexts = self._contexts(job)
+            seen: dict[tuple, torch.Tensor] = {}
+            for run in job.runs:
+                caches = [None] * len(contexts)
+                while run.window < len(job.windows):
+                    a, b = job.windows[run.window]
+                    key = (tuple(run.kept), a)
+                    if key not in seen:
+                        body = [job.ids[i] for i in run.kept] + job.ids[a:b]
+                        lps = []
+                        for k, context in enumerate(contexts):
+                            lp, caches[k] = self.scorer.score_continuing(
+                                context + body, b - a, caches[k]
+                            )
+                            lps.append(lp)
+                        seen[key] = self._combine(lps)
+                    self._decide(job, run, seen[key])
 
     def _decide(self, job: Job, run: RatioRun, window) -> None:
         a, b = job.windows[run.window]
@@ -380,6 +420,9 @@ class Compressor:
         for job, scores in zip(jobs, self._score(first), strict=True):
             for run in job.runs:
                 self._decide(job, run, scores)
+        if self.reuse_cache:
+            self._continue_windows(jobs)
+            return
         # windows 1, 2, …: each (job, ratio) given its own kept prefix; equal prefixes once
         while True:
             todo = [(job, run) for job in jobs for run in job.runs if run.window < len(job.windows)]

@@ -15,11 +15,16 @@ Why it is built this way:
   path, so the numbers are the model's own either way.
 * Log-softmax runs in float32 whatever the model's dtype (bf16 on GPU), because selection compares
   small differences of log-probabilities.
+* `score_continuing` scores one sequence continuing from the KV cache of an earlier one
+  (`KVPrefix`): the keys and values of a prefix depend only on its tokens, so the longest common
+  prefix with the cached sequence is not encoded again. CTS's windows use it so window w
+  continues from the kept prefix of window w − 1 (`budgetthinker.sft.cts`).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +85,25 @@ class ScorerStats:
     cpu_seconds: float = 0.0
 
 
+@dataclass(frozen=True)
+class KVPrefix:
+    """The KV cache of one sequence: `layers[l] = (keys, values)`, `[1, heads, len(tokens), d]`.
+    Never modified: continuing from it slices these tensors into a new cache (the cache's
+    update concatenates, so the slices stay as they are)."""
+
+    tokens: tuple[int, ...]
+    layers: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token sequences."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
 class TokenScorer:
     """Log-probabilities of target tokens under a causal LM, for many sequences at once."""
 
@@ -112,8 +136,22 @@ class TokenScorer:
         )
         decoder = getattr(self.model, "get_decoder", lambda: None)()
         self._split = decoder is not None and not post_processed
+        self.can_continue = self._plain_cache()
         self.batch_tokens = batch_tokens
         self.stats = ScorerStats()
+
+    def _plain_cache(self) -> bool:
+        """Whether every layer keeps a plain (full-attention) cache, so a prefix's keys and
+        values can be cut out of a longer sequence's (sliding windows and recurrent layers
+        cannot); `score_continuing` is refused otherwise and CTS scores from scratch."""
+        try:
+            from transformers import DynamicCache
+            from transformers.cache_utils import DynamicLayer
+
+            layers = DynamicCache(config=self.model.config).layers
+        except Exception:  # a model type without a cache layout transformers knows
+            return False
+        return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
     @property
     def max_positions(self) -> int | None:
@@ -142,6 +180,53 @@ class TokenScorer:
         if batch:
             self._run(pairs, batch, results)
         return results  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def score_continuing(
+        self, sequence: Sequence[int], n_targets: int, cache: KVPrefix | None
+    ) -> tuple[torch.Tensor, KVPrefix]:
+        """`lp[j] = log p(t_j | everything before t_j)` for the last `n_targets` tokens `t` of
+        `sequence` (at least one token must come before them), and the KV cache of the whole
+        sequence. Whatever prefix `sequence` shares with `cache.tokens` is taken from the cache
+        instead of being encoded again; with `cache=None` this equals `score` of the same split
+        up to floating-point rounding (attention over a cached prefix sums in another order)."""
+        from transformers import DynamicCache
+
+        if not self.can_continue:
+            raise ValueError(f"{type(self.model).__name__} has no plain KV cache to continue")
+        if not 0 <= n_targets < len(sequence):
+            raise ValueError("score_continuing needs a token before the first target")
+        start, cpu_start = time.perf_counter(), time.process_time()
+        # the position before the first target must be fed to get its hidden state
+        reuse = common_prefix(cache.tokens, sequence) if cache is not None else 0
+        reuse = min(reuse, len(sequence) - n_targets - 1)
+        past = DynamicCache(config=self.model.config)
+        if reuse > 0:
+            for layer, (k, v) in zip(past.layers, cache.layers, strict=True):
+                layer.update(k[:, :, :reuse], v[:, :, :reuse])
+        ids = torch.tensor([list(sequence[reuse:])], device=self.device)
+        if self._split:
+            out = self.model.get_decoder()(input_ids=ids, past_key_values=past, use_cache=True)
+            states = out.last_hidden_state[0]
+            head = self.model.get_output_embeddings()
+        else:
+            out = self.model(input_ids=ids, past_key_values=past, use_cache=True)
+            states = out.logits[0]
+        # the state at new position p predicts new token p + 1; targets are the last n
+        first = ids.shape[1] - n_targets - 1
+        labels = torch.tensor(list(sequence[len(sequence) - n_targets :]), device=self.device)
+        lps = []
+        for lo in range(0, n_targets, LOGIT_CHUNK):
+            rows = states[first + lo : first + min(lo + LOGIT_CHUNK, n_targets)]
+            lp = torch.log_softmax((head(rows) if self._split else rows).float(), dim=-1)
+            lps.append(lp.gather(1, labels[lo : lo + LOGIT_CHUNK, None])[:, 0])
+        layers = tuple((layer.keys, layer.values) for layer in out.past_key_values.layers)
+        self.stats.forwards += 1
+        self.stats.tokens += ids.shape[1]
+        self.stats.seconds += time.perf_counter() - start
+        self.stats.cpu_seconds += time.process_time() - cpu_start
+        scores = torch.cat(lps).cpu() if lps else torch.zeros(0)
+        return scores, KVPrefix(tuple(sequence), layers)
 
     @torch.inference_mode()
     def _run(self, pairs, batch: list[int], results: list) -> None:

@@ -543,3 +543,15 @@ def test_pool_outliving_its_startup_limit_still_grades(monkeypatch):
         assert result.correct and result.rule == "boxed"
     finally:
         pool.close()
+
+
+def test_start_spawns_the_workers_that_grade_many_then_uses():
+    """The runner starts the workers while the first chunk generates; `grade_many` must then use
+    those, not start others."""
+    with Grader(workers=2) as grader:
+        grader.start()
+        pool = grader._pool
+        assert pool is not None and len(pool.workers) == 2
+        grades = grader.grade_many([(r"\boxed{4}", "4"), (r"\boxed{5}", "4")])
+        assert [g.correct for g in grades] == [True, False]
+        assert grader._pool is pool

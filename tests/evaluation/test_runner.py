@@ -333,3 +333,38 @@ def test_s1_with_a_long_ignore_string_in_both_modes(tmp_path, hf_backend):
         forced = "Final Answer:" in r["text"]
         assert r["finished_thinking"] is (r["thinking_cut"] == 0 and not forced)
     assert any(r["thinking_cut"] for r in fork)  # the fork's rounds went past B
+
+
+def test_grading_overlaps_the_next_chunks_generation(tmp_path, hf_backend, monkeypatch):
+    """Chunk k's grading waits until chunk k + 1 has started generating: with grading run after
+    each chunk (no overlap) the wait would time out and the run would fail."""
+    import threading
+
+    from budgetthinker.evaluation.grading import Grader
+
+    calls, started = [], {}
+    run = hf_backend.run
+
+    def spy_run(requests, **sampling):
+        started.setdefault(len(calls), threading.Event()).set()
+        calls.append(len(requests))
+        return run(requests, **sampling)
+
+    grade_many = Grader.grade_many
+    graded = []
+
+    def waiting_grade_many(self, items, progress=False):
+        k = len(graded)
+        if k + 1 < 3:  # three chunks: the last one has nothing to overlap with
+            assert started.setdefault(k + 1, threading.Event()).wait(120), k
+        assert threading.current_thread() is not threading.main_thread()
+        graded.append(len(items))
+        return grade_many(self, items, progress)
+
+    monkeypatch.setattr(hf_backend, "run", spy_run)
+    monkeypatch.setattr(Grader, "grade_many", waiting_grade_many)
+    cfg = tiny(tmp_path, "methods=[withoutremaining]", "budgets=[16]", "chunk_size=1",
+               "grading.workers=1")  # fmt: skip
+    records = read(run_eval(cfg, backend=hf_backend))
+    assert calls == graded == [1, 1, 1]
+    assert [r["problem_id"] for r in records] == sorted(r["problem_id"] for r in records)
