@@ -175,7 +175,7 @@ def test_compat_s1_records_and_grades_the_forks_text(tmp_path, tokenizer, spec):
             return [Grade() for _ in items]
 
     class Problem:
-        benchmark, id, answer, question = "synthetic", "p0", "5", "Q"
+        benchmark, id, answer, question, verify = "synthetic", "p0", "5", "Q", None
 
     class Request:
         method = get_method({"name": "s1", "thinking_n_ignore": 1})
