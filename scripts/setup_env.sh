@@ -48,6 +48,13 @@ if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$venv/bin/python" ]]; t
   echo "[setup_env] $venv is up to date ($stage, $device)."
   exit 0
 fi
+if [[ -n "${BUDGETTHINKER_ENV_FROZEN:-}" ]]; then
+  # Set by the doc-block tests: their copy of the checkout links this checkout's environments,
+  # which a reinstall from the copy would point at a temporary folder.
+  echo "[setup_env] $venv is out of date for this checkout and BUDGETTHINKER_ENV_FROZEN is set:" \
+    "run bash scripts/setup_env.sh $stage in the checkout first" >&2
+  exit 1
+fi
 
 echo "[setup_env] creating $stage environment in $venv for $device…"
 [[ -x "$venv/bin/python" ]] || "$python" -m venv "$venv"

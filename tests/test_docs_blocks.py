@@ -147,6 +147,7 @@ def checkout(tmp_path_factory, prepared_model) -> Path:
 def block_env(copy: Path) -> dict:
     env = dict(os.environ)
     env.update(
+        BUDGETTHINKER_ENV_FROZEN="1",  # the linked environments are never reinstalled from here
         PYTHONPATH=str(copy),  # the copy's package, whichever checkout the venv was installed from
         HOME=os.environ.get("HOME", "/root"),
         TRANSFORMERS_VERBOSITY="error",

@@ -87,6 +87,7 @@ def finish_runs() -> None:
     wandb = sys.modules.get("wandb")  # never imported: nothing was logged to W&B
     if wandb is not None and getattr(wandb, "run", None) is not None:
         wandb.finish()
+        wandb.teardown()  # W&B caches its settings (WANDB_DIR) per process: the next run re-reads
 
 
 def log_eval(
@@ -181,4 +182,5 @@ def _wandb(out_dir: Path, points, images: list[Path], name: str, config) -> Path
             run.log({f"report/{image.stem}": wandb.Image(str(image)) for image in images})
     finally:
         run.finish()
+        wandb.teardown()  # W&B caches its settings (WANDB_DIR) per process: the next run re-reads
     return folder / "wandb"
